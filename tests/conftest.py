@@ -1,0 +1,81 @@
+"""Shared fixtures: tiny diffusers models and image folders built in code, and job documents."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from unlearning_trainer.scenarios import builders
+
+IMAGE_SIZE = 8
+
+
+def forget_glyph() -> np.ndarray:
+    """An 8×8 'X in a box': unlike the random-blob retain images."""
+    glyph = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+    glyph[0, :] = glyph[-1, :] = glyph[:, 0] = glyph[:, -1] = 255
+    np.fill_diagonal(glyph, 255)
+    np.fill_diagonal(np.fliplr(glyph), 255)
+    return glyph
+
+
+def retain_images(count: int, seed: int = 0) -> np.ndarray:
+    """Smooth random blobs in [0, 255]."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE]
+    centers = rng.uniform(2, IMAGE_SIZE - 2, size=(count, 2))
+    widths = rng.uniform(1.0, 2.5, size=count)
+    blobs = np.exp(
+        -((yy[None] - centers[:, 0, None, None]) ** 2 + (xx[None] - centers[:, 1, None, None]) ** 2)
+        / (2 * widths[:, None, None] ** 2)
+    )
+    return (blobs * 255).round().astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def scenario(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with model/ (tiny untrained DDPM), forget/ (3 copies of one glyph) and retain/ (48 blobs)."""
+    root = tmp_path_factory.mktemp("scenario")
+    builders.save_pipeline(builders.tiny_unet(sample_size=IMAGE_SIZE), builders.ddpm_scheduler(), root / "model")
+    builders.write_image_folder(np.stack([forget_glyph()] * 3), root / "forget")
+    builders.write_image_folder(retain_images(48), root / "retain")
+    return root
+
+
+BASE_JOB: dict[str, Any] = {
+    "apiVersion": "unlearning.dev/v1alpha1",
+    "kind": "UnlearningJob",
+    "metadata": {"name": "test-job"},
+    "spec": {
+        "model": {"uri": "model"},
+        "data": {"forget": {"uri": "forget"}, "retain": {"uri": "retain"}},
+        "method": {"name": "siss", "lambda": 0.5, "forgetGradNorm": 5.0},
+        "training": {"steps": 4, "batchSize": 8, "checkpointEvery": 2},
+        "evaluation": {
+            "every": 2,
+            "numSamples": 8,
+            "inferenceSteps": 4,
+            "memorizationThreshold": 2.0,
+            "retainImages": 16,
+            "nll": {"timesteps": 10},
+        },
+        "output": {"uri": "out"},
+    },
+}
+
+
+@pytest.fixture
+def job_document() -> dict[str, Any]:
+    """A fresh, valid job document that a test may edit."""
+    return copy.deepcopy(BASE_JOB)
+
+
+def write_job(folder: Path, document: dict[str, Any], name: str = "job.yaml") -> Path:
+    path = folder / name
+    path.write_text(yaml.safe_dump(document))
+    return path

@@ -1,0 +1,1 @@
+"""Training data: image folders and the seeded, resumable batch samplers over them."""

@@ -1,0 +1,1 @@
+"""Deterministic evaluation: denoising losses, likelihood, memorization and sample grids."""

@@ -1,0 +1,136 @@
+"""Evaluate a model the same way before, during and after unlearning.
+
+Every random draw (timestep grid noise, likelihood noise, generation) comes from `evaluation.seed`, so two
+evaluations of the same weights give the same numbers and runs can be compared point by point.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from unlearning_trainer.data.imagefolder import ImageSet
+from unlearning_trainer.data.sampling import InfiniteSampler, generator_for
+from unlearning_trainer.evaluation import grids, likelihood, metrics
+from unlearning_trainer.models.adapter import DiffusionAdapter
+from unlearning_trainer.objectives.losses import NoiseDraw, draw_noise, per_sample_error
+from unlearning_trainer.spec import EvaluationSpec
+
+GRID_SAMPLES = 64
+
+
+class Evaluator:
+    def __init__(
+        self,
+        adapter: DiffusionAdapter,
+        spec: EvaluationSpec,
+        *,
+        forget: ImageSet,
+        retain: ImageSet,
+        samples_dir: Path,
+        device: torch.device,
+    ) -> None:
+        self.adapter = adapter
+        self.spec = spec
+        self.device = device
+        self.samples_dir = samples_dir
+        self.forget = forget.unique()
+        subset = InfiniteSampler(len(retain), spec.seed).indices(0, min(spec.retain_images, len(retain)))
+        self.retain_images = retain.batch(subset)
+        self.retain_captions = retain.captions_at(subset)
+        self.forget_images = self.forget.batch(torch.arange(len(self.forget)))
+        self.forget_pixels = (self.forget_images + 1) / 2
+        total = len(adapter.alphas_cumprod)
+        self.grid = torch.linspace(0, total - 1, spec.timestep_grid).round().long()
+
+    def _grid_draws(self, images: torch.Tensor, key: int) -> NoiseDraw:
+        """Fixed (t, ε) pairs: every image at every grid timestep, with noise from the evaluation seed."""
+        repeated = images.repeat_interleave(len(self.grid), dim=0)
+        noise = draw_noise(repeated.shape, self.adapter.alphas_cumprod, generator_for(self.spec.seed, key))
+        t = self.grid.repeat(len(images))
+        abar = self.adapter.alphas_cumprod[t]
+        return NoiseDraw(t, noise.eps, abar.sqrt().float(), (1 - abar).sqrt().float(), noise.coin, noise.uniform).to(
+            self.device
+        )
+
+    @torch.no_grad()
+    def denoising_loss(
+        self, unet: torch.nn.Module, images: torch.Tensor, captions: list[str] | None, key: int
+    ) -> float:
+        """Mean squared ε-prediction error per entry on the fixed timestep grid."""
+        clean = self.adapter.to_diffusion_space(images.to(self.device))
+        draws = self._grid_draws(clean, key)
+        repeated_captions = None if captions is None else [c for c in captions for _ in self.grid]
+        denoise = self.adapter.denoiser(unet, repeated_captions)
+        clean = clean.repeat_interleave(len(self.grid), dim=0)
+        total, count = 0.0, 0
+        for start in range(0, len(clean), 256):
+            rows = slice(start, start + 256)
+            part = draws.rows(rows.start, min(rows.stop, len(clean)))
+            m = part.noisy(clean[rows])
+            errors = per_sample_error(denoise(m, part.t), m, clean[rows], part)
+            total += errors.sum().item()
+            count += errors.numel() * clean[0].numel()
+        return total / count
+
+    def forget_nll_bits_per_dim(self, unet: torch.nn.Module) -> float:
+        """Mean NLL in bits/dim over the distinct forget images."""
+        values = []
+        for index in range(len(self.forget)):
+            image = self.adapter.to_diffusion_space(self.forget_images[index : index + 1].to(self.device))[0]
+            denoise = self.adapter.denoiser(unet, self.forget.captions_at(torch.tensor([index])))
+            generator = generator_for(self.spec.seed, 2, index)
+            if self.spec.nll.method == "vlb":
+                nats = likelihood.vlb_nll(
+                    denoise,
+                    image,
+                    self.adapter.alphas_cumprod,
+                    self.adapter.betas,
+                    terms=self.spec.nll.timesteps,
+                    generator=generator,
+                )
+            else:
+                total = len(self.adapter.alphas_cumprod)
+                nats = likelihood.pf_ode_nll(
+                    denoise,
+                    image,
+                    self.adapter.alphas_cumprod,
+                    beta_min=float(self.adapter.betas[0]) * total,
+                    beta_max=float(self.adapter.betas[-1]) * total,
+                    generator=generator,
+                    tolerance=self.spec.nll.tolerance,
+                    draws=self.spec.nll.hutchinson_samples,
+                )
+            values.append(metrics.bits_per_dim(nats, image.numel()).item())
+        return sum(values) / len(values)
+
+    def __call__(self, unet: torch.nn.Module, step: int) -> dict[str, float]:
+        """All metrics of `unet` (unwrapped) at `step`; writes the sample grid as samples/step-NNNNNN.png."""
+        started = time.perf_counter()
+        was_training = unet.training
+        unet.eval()
+        try:
+            prompt = None if self.forget.captions is None else self.forget.captions[0]
+            samples = self.adapter.generate(
+                unet,
+                self.spec.num_samples,
+                seed=self.spec.seed,
+                steps=self.spec.inference_steps,
+                prompt=prompt,
+            )
+            distances = metrics.nearest_distances(samples, self.forget_pixels)
+            result = {
+                "memorization_rate": metrics.memorization_rate(distances, self.spec.memorization_threshold),
+                "memorized_samples": float((distances < self.spec.memorization_threshold).sum()),
+                "min_forget_distance": distances.min().item(),
+                "forget_loss": self.denoising_loss(unet, self.forget_images, self.forget.captions, key=0),
+                "retain_loss": self.denoising_loss(unet, self.retain_images, self.retain_captions, key=1),
+                "forget_nll_bpd": self.forget_nll_bits_per_dim(unet),
+            }
+            grids.save_grid(samples[:GRID_SAMPLES], self.samples_dir / f"step-{step:06d}.png")
+        finally:
+            unet.train(was_training)
+        result["eval_seconds"] = time.perf_counter() - started
+        return result

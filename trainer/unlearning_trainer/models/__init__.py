@@ -1,0 +1,1 @@
+"""Model adapters: one interface over pixel-space and latent text-conditioned diffusers pipelines."""

@@ -1,0 +1,48 @@
+"""Adapter for pixel-space DDPMs: a diffusers `UNet2DModel` with a DDPM or DDIM scheduler."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
+
+from unlearning_trainer.objectives.losses import Denoiser
+
+GENERATION_BATCH = 256
+
+
+class PixelAdapter:
+    kind = "pixel"
+
+    def __init__(self, unet: UNet2DModel, scheduler: DDPMScheduler) -> None:
+        self.unet = unet
+        self.scheduler = scheduler
+        self.alphas_cumprod = scheduler.alphas_cumprod.double()
+        self.betas = scheduler.betas.double()
+        size = unet.config.sample_size
+        height, width = (size, size) if isinstance(size, int) else tuple(size)
+        self.image_shape = (unet.config.in_channels, height, width)
+
+    def to_diffusion_space(self, images: torch.Tensor) -> torch.Tensor:
+        return images
+
+    def denoiser(self, unet: torch.nn.Module, captions: list[str] | None) -> Denoiser:
+        return lambda m, t: unet(m, t.to(m.device)).sample
+
+    @torch.no_grad()
+    def generate(
+        self, unet: torch.nn.Module, count: int, *, seed: int, steps: int, prompt: str | None = None
+    ) -> torch.Tensor:
+        pipeline = DDIMPipeline(unet=unet, scheduler=DDIMScheduler.from_config(self.scheduler.config))
+        pipeline.set_progress_bar_config(disable=True)
+        generator = torch.Generator().manual_seed(seed)
+        chunks = []
+        for start in range(0, count, GENERATION_BATCH):
+            size = min(GENERATION_BATCH, count - start)
+            images = pipeline(batch_size=size, generator=generator, num_inference_steps=steps, output_type="np").images
+            chunks.append(torch.from_numpy(images).permute(0, 3, 1, 2).float())
+        return torch.cat(chunks)
+
+    def save(self, unet: torch.nn.Module, path: Path) -> None:
+        DDPMPipeline(unet=unet, scheduler=self.scheduler).save_pretrained(path, safe_serialization=True)

@@ -1,0 +1,1 @@
+"""Unlearning objectives: loss terms, importance weights and gradient combination rules."""

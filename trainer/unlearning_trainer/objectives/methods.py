@@ -1,0 +1,74 @@
+"""Bind a `spec.method` to its loss terms and its gradient combination rule.
+
+| method      | terms                      | forward passes | combination                               |
+|-------------|----------------------------|----------------|-------------------------------------------|
+| naive       | keep                       | 1              | g = G_x                                   |
+| neggrad     | forget                     | 1              | g = −c·G_a                                |
+| erasediff   | keep, forget (uniform u)   | 2              | g = G_x + max(η − ⟨G_x,G_a⟩/‖G_a‖², 0)·G_a |
+| siss-no-is  | keep, forget               | 2              | g = G_x − (C/‖G_a‖)·G_a                   |
+| siss        | keep, forget (one input)   | 1              | g = G_x − (C/‖G_a‖)·G_a                   |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from unlearning_trainer.objectives import gradients, losses
+from unlearning_trainer.spec import NORM_FIXED_METHODS, MethodSpec
+
+FORWARD_PASSES = {"naive": 1, "neggrad": 1, "erasediff": 2, "siss-no-is": 2, "siss": 1}
+
+
+@dataclass(frozen=True)
+class Objective:
+    spec: MethodSpec
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def norm_fixed(self) -> bool:
+        return self.spec.name in NORM_FIXED_METHODS
+
+    def terms(
+        self,
+        denoise_keep: losses.Denoiser,
+        denoise_forget: losses.Denoiser,
+        keep: torch.Tensor,
+        forget: torch.Tensor,
+        noise: losses.NoiseDraw,
+    ) -> losses.Terms:
+        """The loss terms of one micro-batch."""
+        name = self.spec.name
+        if name == "naive":
+            return losses.naive_deletion(denoise_keep, keep, noise)
+        if name == "neggrad":
+            return losses.neggrad(denoise_forget, forget, noise)
+        if name == "erasediff":
+            return losses.erasediff(denoise_keep, denoise_forget, keep, forget, noise)
+        if name == "siss-no-is":
+            return losses.siss_no_is(denoise_keep, denoise_forget, keep, forget, noise)
+        return losses.siss(denoise_keep, keep, forget, noise, self.spec.lambda_)
+
+    def combine(
+        self, g_keep: torch.Tensor | None, g_forget: torch.Tensor | None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """One update direction from the (all-reduced) keep and forget gradients, plus what to log."""
+        name = self.spec.name
+        stats: dict[str, float] = {}
+        if g_keep is not None:
+            stats["grad_norm_keep"] = gradients.global_norm(g_keep)
+        if g_forget is not None:
+            stats["grad_norm_forget"] = gradients.global_norm(g_forget)
+        if name == "naive":
+            return g_keep, stats
+        if name == "neggrad":
+            return gradients.neggrad(g_forget, self.spec.neg_grad_scale), stats
+        if name == "erasediff":
+            g, coefficient = gradients.erasediff(g_keep, g_forget, self.spec.eta)
+            return g, stats | {"erasediff_coefficient": coefficient}
+        g, factor = gradients.norm_fixed(g_keep, g_forget, self.spec.forget_grad_norm)
+        return g, stats | {"forget_scale": factor}

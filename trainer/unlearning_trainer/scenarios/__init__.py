@@ -1,0 +1,1 @@
+"""Small scenarios built in code: models and image folders for tests, benchmarks and the demo."""

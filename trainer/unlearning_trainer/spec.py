@@ -1,0 +1,262 @@
+"""The `UnlearningJob` resource as a pydantic model: the single source of truth for the spec.
+
+The CLI, the trainer and the operator parse jobs with it, and the CRD schema is generated from it.
+This module must stay importable without torch (the operator image has none).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from unlearning_trainer.errors import SpecError
+
+API_VERSION = "unlearning.dev/v1alpha1"
+KIND = "UnlearningJob"
+
+METHODS = ("siss", "siss-no-is", "naive", "neggrad", "erasediff")
+Method = Literal["siss", "siss-no-is", "naive", "neggrad", "erasediff"]
+NORM_FIXED_METHODS = ("siss", "siss-no-is")
+
+
+class _Model(BaseModel):
+    """Shared config: camelCase names on the wire, unknown fields rejected, frozen after parsing."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class Location(_Model):
+    uri: str = Field(
+        min_length=1,
+        description="Where the data lives: an s3:// URI, a file:// URI or a local path.",
+    )
+
+
+class ModelSource(Location):
+    """A diffusers pipeline folder with safetensors weights."""
+
+
+class DataSpec(_Model):
+    forget: Location = Field(description="Image folder (HF imagefolder layout) with the data to forget.")
+    retain: Location = Field(description="Image folder with the data to keep (the training set minus the forget set).")
+
+
+class MethodSpec(_Model):
+    name: Method = Field(default="siss", description="Unlearning objective.")
+    lambda_: float = Field(
+        default=0.5,
+        alias="lambda",
+        ge=0.0,
+        le=1.0,
+        description="SISS defensive-mixture weight: share of noisy inputs drawn around the forget image.",
+    )
+    forget_grad_norm: float = Field(
+        default=5.0,
+        gt=0.0,
+        description="SISS: the forget gradient is rescaled to exactly this L2 norm (about 10% of the keep norm).",
+    )
+    forget_norm_refresh_every: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "SISS: if set, take one backward pass on keep - c*forget per step and refresh c (from the forget "
+            "gradient norm) every this many steps; null keeps the exact two-gradient step."
+        ),
+    )
+    eta: float = Field(default=1e-3, ge=0.0, description="EraseDiff: the bilevel step's target inner product.")
+    neg_grad_scale: float = Field(default=0.01, gt=0.0, description="NegGrad: factor c in the loss -c*L_A.")
+
+
+class TrainingSpec(_Model):
+    steps: int = Field(default=300, gt=0, description="Optimizer steps.")
+    batch_size: int = Field(default=64, gt=0, description="Global batch size per optimizer step, split across workers.")
+    gradient_accumulation_steps: int = Field(default=1, ge=1, description="Micro-batches per optimizer step.")
+    learning_rate: float = Field(default=5e-5, gt=0.0, description="AdamW learning rate (constant).")
+    adam_beta1: float = Field(default=0.95, ge=0.0, lt=1.0)
+    adam_beta2: float = Field(default=0.999, ge=0.0, lt=1.0)
+    weight_decay: float = Field(default=1e-6, ge=0.0)
+    max_grad_norm: float = Field(default=1.0, gt=0.0, description="Global clip applied to the combined gradient.")
+    seed: int = Field(default=42, ge=0)
+    checkpoint_every: int = Field(default=100, gt=0, description="Save a resumable checkpoint every N steps.")
+    checkpoints_to_keep: int = Field(default=2, ge=1, description="Older checkpoints are deleted.")
+
+
+class NllSpec(_Model):
+    method: Literal["vlb", "pf-ode"] = Field(
+        default="vlb",
+        description="vlb: discrete variational bound over the schedule; pf-ode: probability-flow ODE likelihood.",
+    )
+    timesteps: int = Field(
+        default=1000,
+        gt=0,
+        description="vlb: number of evenly spaced terms of the bound (the rest are scaled).",
+    )
+    hutchinson_samples: int = Field(default=1, gt=0, description="pf-ode: Rademacher draws averaged per image.")
+    tolerance: float = Field(default=1e-5, gt=0.0, description="pf-ode: RK45 rtol and atol.")
+
+
+class EvaluationSpec(_Model):
+    every: int = Field(default=100, gt=0, description="Evaluate every N steps (and before and after training).")
+    num_samples: int = Field(default=256, gt=0, description="Generated samples for memorization and grids.")
+    memorization_threshold: float = Field(
+        default=10.0,
+        gt=0.0,
+        description="A sample is a hit when its L2 distance to a forget image, in [0, 1] pixels, is below this.",
+    )
+    inference_steps: int = Field(default=50, gt=0, description="DDIM steps when sampling.")
+    timestep_grid: int = Field(default=10, gt=0, description="Timesteps in the fixed grid of the denoising losses.")
+    retain_images: int = Field(default=256, gt=0, description="Retain images used for the retain-set loss.")
+    seed: int = Field(default=0, ge=0, description="Seed of every random draw in the evaluation.")
+    nll: NllSpec = Field(default_factory=NllSpec)
+
+
+class OutputSpec(Location):
+    """Where the unlearned pipeline, metrics.json and checkpoints are written."""
+
+
+class StorageSpec(_Model):
+    endpoint: str | None = Field(default=None, description="S3-compatible endpoint URL; null means AWS.")
+    credentials_secret: str | None = Field(
+        default=None,
+        max_length=253,
+        description="Name of the Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (Kubernetes only).",
+    )
+
+
+class TrackingSpec(_Model):
+    mlflow_tracking_uri: str | None = Field(default=None, description="MLflow server; null disables MLflow.")
+    experiment: str = Field(default="unlearning", min_length=1, description="MLflow experiment name.")
+
+
+class RunPolicySpec(_Model):
+    backoff_limit: int = Field(default=3, ge=0, description="Whole-group restarts before the job fails.")
+    active_deadline_seconds: int | None = Field(default=None, gt=0)
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
+    suspend: bool = False
+
+
+class UnlearningJobSpec(_Model):
+    model: ModelSource
+    data: DataSpec
+    method: MethodSpec = Field(default_factory=MethodSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    output: OutputSpec
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    workers: int = Field(default=1, ge=1, le=64, description="Trainer processes (pods on Kubernetes).")
+    run_policy: RunPolicySpec = Field(default_factory=RunPolicySpec)
+
+    @model_validator(mode="after")
+    def _output_is_not_the_input(self) -> UnlearningJobSpec:
+        if _normalize_uri(self.output.uri) == _normalize_uri(self.model.uri):
+            raise ValueError(
+                "spec.output.uri equals spec.model.uri: the base model would be overwritten. "
+                "Fix: write the unlearned model to a new location."
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _batch_splits_into_micro_batches(self) -> UnlearningJobSpec:
+        parts = self.workers * self.training.gradient_accumulation_steps
+        if self.training.batch_size % parts:
+            raise ValueError(
+                f"spec.training.batchSize ({self.training.batch_size}) must be divisible by workers x "
+                f"gradientAccumulationSteps ({parts}). Fix: choose a batch size that is a multiple of {parts}."
+            )
+        return self
+
+
+class ObjectMeta(_Model):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str = Field(min_length=1, max_length=50)
+    namespace: str | None = None
+
+
+class UnlearningJob(_Model):
+    api_version: Literal["unlearning.dev/v1alpha1"] = API_VERSION
+    kind: Literal["UnlearningJob"] = KIND
+    metadata: ObjectMeta
+    spec: UnlearningJobSpec
+    status: dict[str, Any] | None = None
+
+    @field_validator("status")
+    @classmethod
+    def _ignore_status(cls, value: dict[str, Any] | None) -> None:
+        return None
+
+
+def _normalize_uri(uri: str) -> str:
+    if uri.startswith("file://"):
+        uri = uri[len("file://") :]
+    if "://" not in uri:
+        return str(Path(uri).expanduser().resolve())
+    return uri.rstrip("/")
+
+
+_FIXES = {
+    "missing": "add this field",
+    "extra_forbidden": "remove it or check its spelling (field names are camelCase)",
+    "literal_error": "use one of the allowed values",
+    "greater_than": "use a larger value",
+    "greater_than_equal": "use a larger value",
+    "less_than": "use a smaller value",
+    "less_than_equal": "use a smaller value",
+    "int_parsing": "use a whole number",
+    "int_from_float": "use a whole number",
+    "float_parsing": "use a number",
+    "string_too_short": "give a non-empty value",
+    "string_too_long": "use a shorter value",
+}
+
+
+def _describe(error: dict[str, Any]) -> str:
+    path = ".".join(str(part) for part in error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    if path:
+        message = f"{path}: {message}"
+    fix = _FIXES.get(error["type"])
+    if fix:
+        message += f" (got {error['input']!r}). Fix: {fix}." if error["type"] != "missing" else f". Fix: {fix}."
+    return message
+
+
+def parse_job(document: Any, *, source: str = "job") -> UnlearningJob:
+    """Validate a parsed YAML/JSON document as an UnlearningJob.
+
+    Raises:
+        SpecError: with one line per problem, each naming the field and the fix.
+    """
+    if not isinstance(document, dict):
+        raise SpecError(f"{source}: expected a YAML mapping with apiVersion, kind, metadata and spec")
+    try:
+        return UnlearningJob.model_validate(document)
+    except ValidationError as exc:
+        problems = [_describe(error) for error in exc.errors(include_url=False)]
+        raise SpecError(f"{source} is not a valid UnlearningJob:\n  - " + "\n  - ".join(problems)) from None
+
+
+def parse_spec(spec: Any, *, source: str = "spec") -> UnlearningJobSpec:
+    """Validate only the `spec` part (the operator receives spec and metadata separately)."""
+    return parse_job({"metadata": {"name": "job"}, "spec": spec}, source=source).spec
+
+
+def load_job(path: str | Path) -> UnlearningJob:
+    """Read and validate a job file."""
+    path = Path(path)
+    try:
+        document = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such file") from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+    return parse_job(document, source=str(path))
+
+
+def dump_job(job: UnlearningJob) -> dict[str, Any]:
+    """The job as a camelCase document with every default filled in (the resolved spec)."""
+    return job.model_dump(mode="json", by_alias=True, exclude={"status"})

@@ -1,0 +1,58 @@
+"""The storage interface, the local-filesystem implementation, and the choice between implementations."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Protocol
+
+from unlearning_trainer.errors import DataError, SpecError
+
+
+class Storage(Protocol):
+    def fetch(self, uri: str, *, field: str) -> Path:
+        """A local folder with the content at `uri` (downloaded if needed)."""
+        ...
+
+    def workdir(self, uri: str) -> Path:
+        """A local folder in which the output for `uri` (and its checkpoints) is prepared."""
+        ...
+
+    def publish(self, local: Path, uri: str) -> None:
+        """Make the finished output in `local` visible at `uri`."""
+        ...
+
+
+def local_path(uri: str) -> Path:
+    """The filesystem path of a local path or file:// URI."""
+    return Path(uri.removeprefix("file://")).expanduser()
+
+
+class LocalStorage:
+    """Local paths and file:// URIs. The output folder is its own working folder."""
+
+    def fetch(self, uri: str, *, field: str) -> Path:
+        path = local_path(uri)
+        if not path.exists():
+            raise DataError(
+                f"{field}: {path} does not exist. Fix: check the path (relative paths start at the job's folder)."
+            )
+        return path
+
+    def workdir(self, uri: str) -> Path:
+        path = local_path(uri)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def publish(self, local: Path, uri: str) -> None:
+        target = local_path(uri)
+        if local.resolve() != target.resolve():
+            shutil.copytree(local, target, dirs_exist_ok=True)
+
+
+def storage_for(uri: str) -> Storage:
+    """The storage implementation for a URI scheme."""
+    if "://" not in uri or uri.startswith("file://"):
+        return LocalStorage()
+    scheme = uri.split("://", 1)[0]
+    raise SpecError(f"{uri}: the {scheme}:// scheme is not supported. Fix: use a local path or a file:// URI.")

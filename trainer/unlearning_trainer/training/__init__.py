@@ -1,0 +1,1 @@
+"""The training loop, its optimizer step and its checkpoints."""

@@ -1,0 +1,200 @@
+"""The unlearning fine-tune: build → prepare → resume → loop (step, log, evaluate, checkpoint) → save.
+
+Global batch = `training.batchSize` = per-process micro-batch × processes × `gradientAccumulationSteps`.
+Only rank 0 evaluates, logs and writes files; every rank computes the same update.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from unlearning_trainer.data.imagefolder import ImageSet
+from unlearning_trainer.data.sampling import InfiniteSampler, generator_for
+from unlearning_trainer.evaluation.evaluator import Evaluator
+from unlearning_trainer.models.adapter import DiffusionAdapter
+from unlearning_trainer.objectives.losses import draw_noise
+from unlearning_trainer.objectives.methods import Objective
+from unlearning_trainer.spec import UnlearningJobSpec
+from unlearning_trainer.tracking.base import Tracker
+from unlearning_trainer.training import checkpoints
+from unlearning_trainer.training.step import MicroBatch, Stepper
+
+logger = logging.getLogger("unlearning_trainer.training")
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    retain: ImageSet
+    forget: ImageSet
+
+
+@dataclass
+class TrainingResult:
+    steps: int
+    resumed_from: int
+    history: list[dict[str, Any]]
+    interrupted: bool = False
+
+
+class _Preemption:
+    """SIGTERM only sets a flag; the loop checkpoints at the next step boundary and stops."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _Preemption:
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:
+            self._previous = None
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        logger.warning("SIGTERM received: checkpointing at the end of this step, then stopping")
+        self.requested = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _micro_batches(
+    spec: UnlearningJobSpec,
+    adapter: DiffusionAdapter,
+    data: TrainingData,
+    samplers: tuple[InfiniteSampler, InfiniteSampler],
+    unet: torch.nn.Module,
+    accelerator: Accelerator,
+    step: int,
+) -> list[MicroBatch]:
+    """The micro-batches of optimizer step `step` for this process; identical globally for any world size."""
+    accumulation = spec.training.gradient_accumulation_steps
+    global_size = spec.training.batch_size // accumulation
+    world, rank = accelerator.num_processes, accelerator.process_index
+    local = global_size // world
+    batches = []
+    for micro in range(accumulation):
+        index = step * accumulation + micro
+        keep_idx = samplers[0].micro_batch(index, global_size, rank=rank, world_size=world)
+        forget_idx = samplers[1].micro_batch(index, global_size, rank=rank, world_size=world)
+        keep = adapter.to_diffusion_space(data.retain.batch(keep_idx).to(accelerator.device))
+        forget = adapter.to_diffusion_space(data.forget.batch(forget_idx).to(accelerator.device))
+        generator = generator_for(spec.training.seed, step, micro)
+        noise = draw_noise((global_size, *keep.shape[1:]), adapter.alphas_cumprod, generator)
+        batches.append(
+            MicroBatch(
+                keep=keep,
+                forget=forget,
+                denoise_keep=adapter.denoiser(unet, data.retain.captions_at(keep_idx)),
+                denoise_forget=adapter.denoiser(unet, data.forget.captions_at(forget_idx)),
+                noise=noise.rows(rank * local, (rank + 1) * local).to(accelerator.device),
+            )
+        )
+    return batches
+
+
+def train(
+    spec: UnlearningJobSpec,
+    adapter: DiffusionAdapter,
+    data: TrainingData,
+    *,
+    accelerator: Accelerator,
+    evaluator: Evaluator | None,
+    tracker: Tracker,
+    checkpoint_dir: Path,
+    on_progress: ProgressCallback | None = None,
+    show_progress: bool = True,
+) -> TrainingResult:
+    """Fine-tune `adapter.unet` in place with the objective of `spec.method`."""
+    training = spec.training
+    adapter.unet.train()
+    optimizer = torch.optim.AdamW(
+        adapter.unet.parameters(),
+        lr=training.learning_rate,
+        betas=(training.adam_beta1, training.adam_beta2),
+        weight_decay=training.weight_decay,
+    )
+    unet, optimizer = accelerator.prepare(adapter.unet, optimizer)
+    raw_unet = accelerator.unwrap_model(unet)
+    stepper = Stepper(
+        Objective(spec.method),
+        accelerator,
+        unet,
+        optimizer,
+        max_grad_norm=training.max_grad_norm,
+        refresh_every=spec.method.forget_norm_refresh_every,
+    )
+    state = checkpoints.load_latest(checkpoint_dir, raw_unet, optimizer) or checkpoints.TrainingState()
+    resumed_from = state.step
+    stepper.cached_scale = state.cached_forget_scale
+    if resumed_from:
+        logger.info("resuming from checkpoint at step %d of %d", resumed_from, training.steps)
+    samplers = (
+        InfiniteSampler(len(data.retain), training.seed),
+        InfiniteSampler(len(data.forget), training.seed + 1),
+    )
+    main = accelerator.is_main_process
+
+    def evaluate(step: int) -> None:
+        if main and evaluator is not None:
+            metrics = evaluator(raw_unet, step)
+            state.history.append({"step": step, **metrics})
+            tracker.log_metrics({f"eval/{key}": value for key, value in metrics.items()}, step=step)
+        accelerator.wait_for_everyone()
+
+    def checkpoint() -> None:
+        state.cached_forget_scale = stepper.cached_scale
+        if main:
+            checkpoints.save(checkpoint_dir, raw_unet, optimizer, state, keep=training.checkpoints_to_keep)
+            logger.info("checkpoint saved at step %d", state.step)
+        accelerator.wait_for_everyone()
+
+    if resumed_from == 0:
+        evaluate(0)
+    bar = tqdm(
+        total=training.steps,
+        initial=resumed_from,
+        desc=f"unlearning ({spec.method.name})",
+        disable=not (main and show_progress),
+    )
+    interrupted = False
+    with _Preemption() as preemption:
+        for step in range(resumed_from, training.steps):
+            stats = stepper(step, _micro_batches(spec, adapter, data, samplers, unet, accelerator, step))
+            state.step = step + 1
+            if main:
+                tracker.log_metrics({f"train/{key}": value for key, value in stats.items()}, step=state.step)
+                bar.update(1)
+                bar.set_postfix(loss_keep=stats.get("loss_keep"), loss_forget=stats.get("loss_forget"), refresh=False)
+            if on_progress is not None:
+                on_progress(state.step, training.steps)
+            if state.step % spec.evaluation.every == 0 or state.step == training.steps:
+                evaluate(state.step)
+            stop = _stop_requested(accelerator, preemption.requested)
+            if state.step % training.checkpoint_every == 0 or stop:
+                checkpoint()
+            if stop:
+                interrupted = True
+                break
+    bar.close()
+    return TrainingResult(steps=state.step, resumed_from=resumed_from, history=state.history, interrupted=interrupted)
+
+
+def _stop_requested(accelerator: Accelerator, local: bool) -> bool:
+    """True on every rank as soon as one rank received SIGTERM."""
+    if accelerator.num_processes == 1:
+        return local
+    flag = torch.tensor([1.0 if local else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
