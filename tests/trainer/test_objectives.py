@@ -1,0 +1,158 @@
+"""Objectives: forward-pass counts, norm fixing, the EraseDiff rule, and the optimizer step that applies them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+from unlearning_trainer.objectives import gradients, losses
+from unlearning_trainer.objectives.methods import FORWARD_PASSES, Objective
+from unlearning_trainer.scenarios import builders
+from unlearning_trainer.spec import METHODS, MethodSpec
+from unlearning_trainer.training.step import MicroBatch, Stepper, flatten
+
+BATCH = 6
+
+
+@pytest.fixture
+def unet() -> torch.nn.Module:
+    return builders.tiny_unet(sample_size=8, block_out_channels=(8, 16))
+
+
+def _batch(unet: torch.nn.Module, seed: int = 0) -> MicroBatch:
+    g = torch.Generator().manual_seed(seed)
+    keep = torch.rand(BATCH, 1, 8, 8, generator=g) * 2 - 1
+    forget = torch.ones(BATCH, 1, 8, 8) * 0.5
+    noise = losses.draw_noise(keep.shape, builders.ddpm_scheduler().alphas_cumprod, g)
+
+    def denoise(m: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return unet(m, t).sample
+
+    return MicroBatch(keep=keep, forget=forget, denoise_keep=denoise, denoise_forget=denoise, noise=noise)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_forward_pass_counts(unet: torch.nn.Module, method: str):
+    calls = []
+    unet.register_forward_hook(lambda *_: calls.append(1))
+    batch = _batch(unet)
+    Objective(MethodSpec(name=method)).terms(
+        batch.denoise_keep, batch.denoise_forget, batch.keep, batch.forget, batch.noise
+    )
+    assert len(calls) == FORWARD_PASSES[method]
+    assert FORWARD_PASSES["siss"] == 1 and FORWARD_PASSES["siss-no-is"] == 2
+
+
+def test_norm_fixing_sets_the_forget_component_to_exactly_c():
+    g = torch.Generator().manual_seed(0)
+    g_keep, g_forget = torch.randn(1000, generator=g), torch.randn(1000, generator=g) * 37.0
+    update, factor = gradients.norm_fixed(g_keep, g_forget, 5.0)
+    assert gradients.global_norm(update - g_keep) == pytest.approx(5.0, rel=1e-6)
+    assert factor == pytest.approx(5.0 / gradients.global_norm(g_forget))
+    cosine = torch.nn.functional.cosine_similarity(g_keep - update, g_forget, dim=0)
+    assert cosine.item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_norm_fixing_guards_a_zero_forget_gradient():
+    g_keep = torch.randn(10)
+    update, factor = gradients.norm_fixed(g_keep, torch.zeros(10), 5.0)
+    assert factor == 0.0
+    torch.testing.assert_close(update, g_keep)
+    assert torch.isfinite(update).all()
+
+
+def test_erasediff_coefficient():
+    g_keep, g_forget = torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1.0])
+    update, coefficient = gradients.erasediff(g_keep, g_forget, eta=0.1)
+    assert coefficient == pytest.approx(0.1 + 0.5)
+    torch.testing.assert_close(update, g_keep + 0.6 * g_forget)
+    _, coefficient = gradients.erasediff(torch.tensor([1.0, 0.0]), torch.tensor([1.0, 0.0]), eta=0.1)
+    assert coefficient == 0.0
+
+
+class _RecordingSGD(torch.optim.SGD):
+    """Records the gradient the step hands to the optimizer (after combination and clipping)."""
+
+    def __init__(self, params: list[torch.nn.Parameter]) -> None:
+        super().__init__(params, lr=0.0)
+        self.seen: list[torch.Tensor] = []
+
+    def step(self, closure=None):  # type: ignore[no-untyped-def]
+        params = [p for group in self.param_groups for p in group["params"]]
+        self.seen.append(flatten(tuple(p.grad for p in params), params).clone())
+        return super().step(closure)
+
+
+def _reference_gradients(unet: torch.nn.Module, method: MethodSpec, batch: MicroBatch):
+    params = list(unet.parameters())
+    terms = Objective(method).terms(batch.denoise_keep, batch.denoise_forget, batch.keep, batch.forget, batch.noise)
+    g_keep = flatten(torch.autograd.grad(terms.keep, params, retain_graph=True), params)
+    g_forget = flatten(torch.autograd.grad(terms.forget, params), params)
+    return g_keep, g_forget
+
+
+def _stepper(unet: torch.nn.Module, method: MethodSpec) -> tuple[Stepper, _RecordingSGD]:
+    optimizer = _RecordingSGD(list(unet.parameters()))
+    stepper = Stepper(
+        Objective(method),
+        Accelerator(cpu=True),
+        unet,
+        optimizer,
+        max_grad_norm=1e9,
+        refresh_every=method.forget_norm_refresh_every,
+    )
+    return stepper, optimizer
+
+
+def test_siss_step_applies_the_norm_fixed_combination(unet: torch.nn.Module):
+    method = MethodSpec(name="siss", forget_grad_norm=0.5)
+    g_keep, g_forget = _reference_gradients(unet, method, _batch(unet))
+    stepper, optimizer = _stepper(unet, method)
+    stats = stepper(0, [_batch(unet)])
+    expected = g_keep - 0.5 / gradients.global_norm(g_forget) * g_forget
+    torch.testing.assert_close(optimizer.seen[0], expected, rtol=1e-4, atol=1e-6)
+    assert stats["grad_norm_forget"] == pytest.approx(gradients.global_norm(g_forget), rel=1e-5)
+
+
+def test_accumulation_averages_micro_batches(unet: torch.nn.Module):
+    method = MethodSpec(name="siss-no-is", forget_grad_norm=0.5)
+    refs = [_reference_gradients(unet, method, _batch(unet, seed)) for seed in (1, 2)]
+    g_keep = (refs[0][0] + refs[1][0]) / 2
+    g_forget = (refs[0][1] + refs[1][1]) / 2
+    stepper, optimizer = _stepper(unet, method)
+    stepper(0, [_batch(unet, 1), _batch(unet, 2)])
+    expected = g_keep - 0.5 / gradients.global_norm(g_forget) * g_forget
+    torch.testing.assert_close(optimizer.seen[0], expected, rtol=1e-4, atol=1e-6)
+
+
+def test_single_backward_option_reuses_the_cached_scale(unet: torch.nn.Module):
+    method = MethodSpec(name="siss", forget_grad_norm=0.5, forget_norm_refresh_every=3)
+    stepper, optimizer = _stepper(unet, method)
+    first = stepper(0, [_batch(unet, 1)])
+    assert first["single_backward"] == 0.0 and stepper.cached_scale == pytest.approx(first["forget_scale"])
+    g_keep, g_forget = _reference_gradients(unet, method, _batch(unet, 2))
+    second = stepper(1, [_batch(unet, 2)])
+    assert second["single_backward"] == 1.0
+    torch.testing.assert_close(optimizer.seen[1], g_keep - stepper.cached_scale * g_forget, rtol=1e-4, atol=1e-5)
+    assert stepper(3, [_batch(unet, 3)])["single_backward"] == 0.0
+
+
+def test_refresh_every_step_is_the_exact_step(unet: torch.nn.Module):
+    exact_unet = builders.tiny_unet(sample_size=8, block_out_channels=(8, 16))
+    exact_unet.load_state_dict(unet.state_dict())
+    exact, exact_opt = _stepper(exact_unet, MethodSpec(name="siss", forget_grad_norm=0.5))
+    once, once_opt = _stepper(unet, MethodSpec(name="siss", forget_grad_norm=0.5, forget_norm_refresh_every=1))
+    for step in range(3):
+        exact(step, [_batch(exact_unet, step)])
+        assert once(step, [_batch(unet, step)])["single_backward"] == 0.0
+    for a, b in zip(exact_opt.seen, once_opt.seen, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_clipping_caps_the_global_norm(unet: torch.nn.Module):
+    optimizer = _RecordingSGD(list(unet.parameters()))
+    stepper = Stepper(Objective(MethodSpec(name="naive")), Accelerator(cpu=True), unet, optimizer, max_grad_norm=1.0)
+    stats = stepper(0, [_batch(unet)])
+    assert stats["grad_norm"] > 1.0
+    assert gradients.global_norm(optimizer.seen[0]) == pytest.approx(1.0, rel=1e-4)

@@ -1,0 +1,127 @@
+"""`unlearn run` end to end on a tiny scenario, and the clear errors for unusable models and data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMPipeline
+from safetensors.torch import load_file
+
+from tests.conftest import write_job
+from unlearning_trainer.runner import resolve_local_uris, run_job
+from unlearning_trainer.scenarios import builders
+from unlearning_trainer.spec import parse_job
+
+
+def unlearn(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "unlearning_trainer.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+@pytest.fixture
+def workspace(scenario: Path, tmp_path: Path) -> Path:
+    for name in ("model", "forget", "retain"):
+        shutil.copytree(scenario / name, tmp_path / name)
+    return tmp_path
+
+
+def test_run_writes_a_pipeline_that_diffusers_loads_and_a_metrics_file(workspace, job_document):
+    job = write_job(workspace, job_document)
+    result = unlearn("run", str(job), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "succeeded: 4 steps" in result.stdout and "memorization_rate" in result.stdout
+    out = workspace / "out"
+    pipeline = DDPMPipeline.from_pretrained(out, use_safetensors=True)
+    base = load_file(workspace / "model" / "unet" / "diffusion_pytorch_model.safetensors")
+    changed = {k for k, v in pipeline.unet.state_dict().items() if not torch.equal(v, base[k])}
+    assert changed, "the unlearned U-Net must differ from the base model"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "succeeded" and metrics["steps"] == 4
+    assert [entry["step"] for entry in metrics["history"]] == [0, 2, 4]
+    for key in ("memorization_rate", "forget_loss", "retain_loss", "forget_nll_bpd", "min_forget_distance"):
+        assert np.isfinite(metrics["before"][key]) and np.isfinite(metrics["after"][key])
+    assert metrics["data"] == {"forget": 3, "forgetUnique": 1, "retain": 48}
+    assert metrics["spec"]["method"]["name"] == "siss"
+    assert sorted(p.name for p in (out / "samples").iterdir()) == [f"step-00000{i}.png" for i in (0, 2, 4)]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
+    assert not list(out.rglob("*.bin")) and not list(out.glob(".staging*"))
+
+
+def test_evaluation_is_deterministic_for_a_seed(workspace, job_document):
+    job_document["spec"]["training"]["steps"] = 2
+    first = run_job(resolve_local_uris(parse_job(job_document), workspace), show_progress=False).metrics
+    shutil.rmtree(workspace / "out")
+    second = run_job(resolve_local_uris(parse_job(job_document), workspace), show_progress=False).metrics
+    for a, b in zip(first["history"], second["history"], strict=True):
+        assert {k: v for k, v in a.items() if k != "eval_seconds"} == {
+            k: v for k, v in b.items() if k != "eval_seconds"
+        }
+
+
+def test_a_rerun_resumes_from_the_latest_checkpoint(workspace, job_document):
+    job = resolve_local_uris(parse_job(job_document), workspace)
+    run_job(job, show_progress=False)
+    job_document["spec"]["training"]["steps"] = 6
+    longer = run_job(resolve_local_uris(parse_job(job_document), workspace), show_progress=False).metrics
+    assert longer["resumedFrom"] == 4 and longer["steps"] == 6
+    assert [entry["step"] for entry in longer["history"]] == [0, 2, 4, 6]
+
+
+@pytest.mark.parametrize("command", [[], ["validate"], ["run"]], ids=["unlearn", "validate", "run"])
+def test_help_on_every_command(command):
+    result = unlearn(*command, "--help")
+    assert result.returncode == 0 and "usage: unlearn" in result.stdout
+
+
+def test_invalid_spec_exits_2_with_the_field(workspace, job_document):
+    job_document["spec"]["method"]["name"] = "forget-it"
+    result = unlearn("run", str(write_job(workspace, job_document)))
+    assert result.returncode == 2
+    assert "spec.method.name" in result.stderr and "Traceback" not in result.stderr
+
+
+def _expect_data_error(workspace: Path, job_document, *fragments: str) -> None:
+    result = unlearn("run", str(write_job(workspace, job_document)), "--no-progress")
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr
+    metrics = json.loads((workspace / "out" / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and metrics["reason"] == "DataError"
+
+
+def test_empty_forget_set(workspace, job_document):
+    (workspace / "empty").mkdir()
+    job_document["spec"]["data"]["forget"]["uri"] = "empty"
+    _expect_data_error(workspace, job_document, "spec.data.forget.uri", "holds no images", "Fix:")
+
+
+def test_missing_data_folder(workspace, job_document):
+    job_document["spec"]["data"]["retain"]["uri"] = "nowhere"
+    _expect_data_error(workspace, job_document, "spec.data.retain.uri", "does not exist")
+
+
+def test_image_size_that_does_not_match_the_model(workspace, job_document):
+    builders.write_image_folder(np.zeros((2, 16, 16), np.uint8), workspace / "big")
+    job_document["spec"]["data"]["forget"]["uri"] = "big"
+    _expect_data_error(workspace, job_document, "spec.data.forget.uri", "16×16 but the model expects 8×8", "Fix:")
+
+
+def test_pickle_checkpoints_are_refused(workspace, job_document):
+    weights = workspace / "model" / "unet" / "diffusion_pytorch_model.safetensors"
+    torch.save(load_file(weights), weights.with_suffix(".bin"))
+    weights.unlink()
+    _expect_data_error(workspace, job_document, "spec.model.uri", "pickle", "safetensors")
+
+
+def test_a_folder_that_is_not_a_pipeline(workspace, job_document):
+    job_document["spec"]["model"]["uri"] = "retain"
+    _expect_data_error(workspace, job_document, "spec.model.uri", "model_index.json")
