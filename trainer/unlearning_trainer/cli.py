@@ -9,7 +9,7 @@ from pathlib import Path
 
 from unlearning_trainer import __version__, logs
 from unlearning_trainer.errors import UnlearningError
-from unlearning_trainer.spec import dump_job, load_job
+from unlearning_trainer.spec import METHODS, dump_job, load_job
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -45,6 +45,20 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from unlearning_trainer.demo import DemoSettings, format_table, run_demo
+
+    settings = DemoSettings(case=args.case, method=args.method, steps=args.steps, samples=args.samples)
+    sys.stdout.write(
+        f"Unlearning the memorized {args.case} from the shipped digits model with {args.method} "
+        f"({args.steps} steps, CPU)...\n"
+    )
+    metrics = run_demo(settings, Path(args.out), show_progress=not args.no_progress)
+    sys.stdout.write("\n" + format_table(metrics["before"], metrics["after"], metrics["steps"]) + "\n\n")
+    sys.stdout.write(f"Report: {Path(args.out).resolve()} (before.png, after.png, metrics.json, model/)\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unlearn",
@@ -64,6 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("job", help="UnlearningJob YAML file")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     run.set_defaults(handler=_run)
+
+    demo = commands.add_parser("demo", help="unlearn a memorized image from the shipped digits model (CPU, minutes)")
+    demo.add_argument("--out", default="unlearning-demo", help="report folder (default: ./unlearning-demo)")
+    demo.add_argument("--case", choices=("glyph", "digit"), default="glyph", help="what to forget")
+    demo.add_argument("--method", choices=METHODS, default="siss", help="unlearning objective")
+    demo.add_argument("--steps", type=int, default=150, help="optimizer steps")
+    demo.add_argument("--samples", type=int, default=512, help="samples per evaluation")
+    demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    demo.set_defaults(handler=_demo)
     return parser
 
 

@@ -46,11 +46,16 @@ def resolve_local_uris(job: UnlearningJob, base: Path) -> UnlearningJob:
             "retain": spec.data.retain.model_copy(update={"uri": resolve(spec.data.retain.uri)}),
         }
     )
+    evaluation = spec.evaluation
+    if evaluation.classifier is not None:
+        classifier = evaluation.classifier.model_copy(update={"uri": resolve(evaluation.classifier.uri)})
+        evaluation = evaluation.model_copy(update={"classifier": classifier})
     spec = spec.model_copy(
         update={
             "model": spec.model.model_copy(update={"uri": resolve(spec.model.uri)}),
             "output": spec.output.model_copy(update={"uri": resolve(spec.output.uri)}),
             "data": data,
+            "evaluation": evaluation,
         }
     )
     return job.model_copy(update={"spec": spec})
@@ -123,6 +128,12 @@ def run_job(
         )
         adapter.unet.to(accelerator.device)
         tracker.log_params(_params(job, len(forget), len(forget.unique()), len(retain)))
+        classifier = None
+        if spec.evaluation.classifier is not None:
+            from unlearning_trainer.evaluation.quality import DomainClassifier
+
+            uri = spec.evaluation.classifier.uri
+            classifier = DomainClassifier.load(storage_for(uri).fetch(uri, field="spec.evaluation.classifier.uri"))
         evaluator = Evaluator(
             adapter,
             spec.evaluation,
@@ -130,6 +141,7 @@ def run_job(
             retain=retain,
             samples_dir=workdir / "samples",
             device=accelerator.device,
+            classifier=classifier,
         )
         torch.manual_seed(spec.training.seed)
         result = train(

@@ -112,6 +112,13 @@ class EvaluationSpec(_Model):
     retain_images: int = Field(default=256, gt=0, description="Retain images used for the retain-set loss.")
     seed: int = Field(default=0, ge=0, description="Seed of every random draw in the evaluation.")
     nll: NllSpec = Field(default_factory=NllSpec)
+    classifier: Location | None = Field(
+        default=None,
+        description=(
+            "Optional domain classifier (safetensors MLP, see evaluation/quality.py) for an Inception-style "
+            "score and a Fréchet distance of the samples that are not memorization hits."
+        ),
+    )
 
 
 class OutputSpec(Location):

@@ -13,7 +13,7 @@ import torch
 
 from unlearning_trainer.data.imagefolder import ImageSet
 from unlearning_trainer.data.sampling import InfiniteSampler, generator_for
-from unlearning_trainer.evaluation import grids, likelihood, metrics
+from unlearning_trainer.evaluation import grids, likelihood, metrics, quality
 from unlearning_trainer.models.adapter import DiffusionAdapter
 from unlearning_trainer.objectives.losses import NoiseDraw, draw_noise, per_sample_error
 from unlearning_trainer.spec import EvaluationSpec
@@ -31,11 +31,13 @@ class Evaluator:
         retain: ImageSet,
         samples_dir: Path,
         device: torch.device,
+        classifier: quality.DomainClassifier | None = None,
     ) -> None:
         self.adapter = adapter
         self.spec = spec
         self.device = device
         self.samples_dir = samples_dir
+        self.classifier = classifier
         self.forget = forget.unique()
         subset = InfiniteSampler(len(retain), spec.seed).indices(0, min(spec.retain_images, len(retain)))
         self.retain_images = retain.batch(subset)
@@ -129,6 +131,9 @@ class Evaluator:
                 "retain_loss": self.denoising_loss(unet, self.retain_images, self.retain_captions, key=1),
                 "forget_nll_bpd": self.forget_nll_bits_per_dim(unet),
             }
+            if self.classifier is not None:
+                hits = distances < self.spec.memorization_threshold
+                result |= quality.quality_metrics(self.classifier, samples[~hits])
             grids.save_grid(samples[:GRID_SAMPLES], self.samples_dir / f"step-{step:06d}.png")
         finally:
             unet.train(was_training)

@@ -28,6 +28,8 @@ from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.training_utils import EMAModel
 
 from unlearning_trainer.data.sampling import InfiniteSampler, generator_for
+from unlearning_trainer.evaluation import quality
+from unlearning_trainer.evaluation.quality import DomainClassifier
 from unlearning_trainer.objectives import losses
 from unlearning_trainer.scenarios import builders
 
@@ -113,6 +115,34 @@ def train_ddpm(
     return model, scheduler
 
 
+def train_classifier(seed: int = SEED) -> tuple[DomainClassifier, float]:
+    """A 64-unit MLP on the real digits (16×16, [0, 1]); returns it and its held-out accuracy.
+
+    Reference statistics for the Fréchet distance come from the features of all 1,797 real digits.
+    """
+    from sklearn.model_selection import train_test_split
+    from sklearn.neural_network import MLPClassifier
+
+    images, labels = digits()
+    x = images.reshape(len(images), -1) / 255.0
+    x_train, x_test, y_train, y_test = train_test_split(x, labels, test_size=0.2, random_state=seed, stratify=labels)
+    mlp = MLPClassifier(hidden_layer_sizes=(64,), max_iter=600, random_state=seed).fit(x_train, y_train)
+    accuracy = float(mlp.score(x_test, y_test))
+    tensors = {
+        "hidden.weight": torch.from_numpy(mlp.coefs_[0].T),
+        "hidden.bias": torch.from_numpy(mlp.intercepts_[0]),
+        "output.weight": torch.from_numpy(mlp.coefs_[1].T),
+        "output.bias": torch.from_numpy(mlp.intercepts_[1]),
+        "reference_mean": torch.zeros(64),
+        "reference_cov": torch.eye(64),
+    }
+    classifier = DomainClassifier(tensors)
+    reference = torch.from_numpy(images).float()[:, None] / 255.0
+    mean, cov = quality.feature_statistics(classifier.features(reference))
+    classifier.tensors["reference_mean"], classifier.tensors["reference_cov"] = mean, cov
+    return classifier, accuracy
+
+
 def write_case_data(root: Path) -> None:
     """data/<case>/{forget,retain}/ image folders."""
     for case, sets in cases().items():
@@ -133,16 +163,22 @@ def write_manifest(root: Path) -> Path:
 
 
 def build(root: Path, *, steps: int, parts: tuple[str, ...]) -> None:
-    """Write the data, the base model (trained on everything) and the glyph case's retrain oracle."""
+    """Write the data, the quality classifier, the base model (trained on everything) and the glyph case's
+    retrain oracle (trained on its retain set only)."""
     root.mkdir(parents=True, exist_ok=True)
     write_case_data(root)
     sets = cases()
+    info: dict[str, object] = {"steps": steps, "seed": SEED, "copies": COPIES}
+    if "classifier" in parts:
+        classifier, accuracy = train_classifier()
+        classifier.save(root / "classifier.safetensors")
+        info["classifierTestAccuracy"] = accuracy
     if "base" in parts:
         everything = np.concatenate([sets["glyph"]["forget"], sets["glyph"]["retain"]])
         builders.save_pipeline(*train_ddpm(everything, steps=steps), root / "base")
     if "oracle" in parts:
         builders.save_pipeline(*train_ddpm(sets["glyph"]["retain"], steps=steps), root / "oracle")
-    (root / "build.json").write_text(json.dumps({"steps": steps, "seed": SEED, "copies": COPIES}, indent=2))
+    (root / "build.json").write_text(json.dumps(info, indent=2))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     build_parser = commands.add_parser("build", help="write data and train the models (about 10 minutes each)")
     build_parser.add_argument("out", type=Path)
     build_parser.add_argument("--steps", type=int, default=5000)
-    build_parser.add_argument("--parts", nargs="+", choices=("data", "base", "oracle"), default=["base", "oracle"])
+    build_parser.add_argument(
+        "--parts", nargs="+", choices=("data", "classifier", "base", "oracle"), default=["classifier", "base", "oracle"]
+    )
     manifest_parser = commands.add_parser("manifest", help="rewrite MANIFEST.sha256")
     manifest_parser.add_argument("out", type=Path)
     args = parser.parse_args(argv)
