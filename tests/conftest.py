@@ -79,3 +79,25 @@ def write_job(folder: Path, document: dict[str, Any], name: str = "job.yaml") ->
     path = folder / name
     path.write_text(yaml.safe_dump(document))
     return path
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real S3 server (SeaweedFS) for the whole session; tests that stop it must start it again."""
+    from tests.servers import S3Server
+
+    server = S3Server(root=tmp_path_factory.mktemp("seaweedfs"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory, s3_server):
+    """A real MLflow tracking server (sqlite backend, artifacts on the S3 server)."""
+    from tests.servers import MlflowServer
+
+    server = MlflowServer(root=tmp_path_factory.mktemp("mlflow"), s3=s3_server)
+    server.start()
+    yield server
+    server.stop()

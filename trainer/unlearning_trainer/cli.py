@@ -45,6 +45,16 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from unlearning_trainer import audit
+    from unlearning_trainer.storage.base import storage_for
+
+    uri = args.output.rstrip("/") + "/audit.json"
+    record = json.loads(storage_for(uri, endpoint=args.endpoint).read_text(uri, field="output"))
+    sys.stdout.write((json.dumps(record, indent=2) if args.json else audit.render(record)) + "\n")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from unlearning_trainer.demo import DemoSettings, format_table, run_demo
 
@@ -78,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("job", help="UnlearningJob YAML file")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     run.set_defaults(handler=_run)
+
+    report = commands.add_parser("report", help="print the audit record of a finished job")
+    report.add_argument("output", help="the job's spec.output.uri (local path or s3://)")
+    report.add_argument("--endpoint", help="S3-compatible endpoint URL (default: AWS or AWS_ENDPOINT_URL)")
+    report.add_argument("--json", action="store_true", help="print the raw JSON record")
+    report.set_defaults(handler=_report)
 
     demo = commands.add_parser("demo", help="unlearn a memorized image from the shipped digits model (CPU, minutes)")
     demo.add_argument("--out", default="unlearning-demo", help="report folder (default: ./unlearning-demo)")

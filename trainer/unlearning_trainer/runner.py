@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from unlearning_trainer import __version__
+from unlearning_trainer import __version__, audit
 from unlearning_trainer.spec import UnlearningJob, dump_job
 from unlearning_trainer.storage.base import storage_for
-from unlearning_trainer.tracking.base import LogTracker, NullTracker, Tracker
+from unlearning_trainer.tracking.base import FanOutTracker, LogTracker, NullTracker, Tracker
 
 logger = logging.getLogger("unlearning_trainer.runner")
 
@@ -77,6 +78,28 @@ def _params(job: UnlearningJob, forget_size: int, forget_unique: int, retain_siz
     }
 
 
+def make_tracker(job: UnlearningJob) -> Tracker:
+    """Structured logs always; MLflow too when the spec or MLFLOW_TRACKING_URI names a server."""
+    uri = job.spec.tracking.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return LogTracker()
+    from unlearning_trainer.tracking.mlflow_tracker import MlflowTracker
+
+    meta = job.metadata
+    tags = {
+        "unlearning.dev/job": meta.name,
+        "unlearning.dev/method": job.spec.method.name,
+        "unlearning.dev/namespace": meta.namespace or "",
+        "unlearning.dev/uid": str((meta.model_extra or {}).get("uid", "")),
+        "unlearning.dev/request": job.spec.audit.request_id or "",
+    }
+    run_name = f"{meta.namespace}/{meta.name}" if meta.namespace else meta.name
+    mlflow = MlflowTracker(
+        uri, job.spec.tracking.experiment, run_name=run_name, tags={k: v for k, v in tags.items() if v}
+    )
+    return FanOutTracker([LogTracker(), mlflow])
+
+
 def run_job(
     job: UnlearningJob,
     *,
@@ -87,8 +110,8 @@ def run_job(
     """Run the job to completion (resuming from its latest checkpoint) and publish the unlearned pipeline.
 
     Raises:
-        UnlearningError: for problems with the spec, the model or the data; `metrics.json` then records the
-            failure, and the latest checkpoint stays in place for a retry.
+        UnlearningError: for problems with the spec, the storage, the model or the data; `metrics.json` then
+            records the failure, and the latest checkpoint stays in place for a retry.
     """
     import torch
     from accelerate import Accelerator
@@ -99,22 +122,30 @@ def run_job(
     from unlearning_trainer.training.loop import TrainingData, train
 
     spec = job.spec
-    output_storage = storage_for(spec.output.uri)
+    endpoint = spec.storage.endpoint
+
+    def fetch(uri: str, field: str) -> Path:
+        return storage_for(uri, endpoint=endpoint).fetch(uri, field=field)
+
+    output_storage = storage_for(spec.output.uri, endpoint=endpoint)
     workdir = output_storage.workdir(spec.output.uri)
     accelerator = Accelerator()
     main = accelerator.is_main_process
-    tracker = (tracker or LogTracker()) if main else NullTracker()
+    if not main:
+        tracker = NullTracker()
+    elif tracker is None:
+        tracker = make_tracker(job)
     started = time.perf_counter()
     try:
-        model_dir = storage_for(spec.model.uri).fetch(spec.model.uri, field="spec.model.uri")
+        model_dir = fetch(spec.model.uri, "spec.model.uri")
         adapter = load_adapter(model_dir)
         forget = load_image_folder(
-            storage_for(spec.data.forget.uri).fetch(spec.data.forget.uri, field="spec.data.forget.uri"),
+            fetch(spec.data.forget.uri, "spec.data.forget.uri"),
             field="spec.data.forget.uri",
             image_shape=adapter.image_shape,
         )
         retain = load_image_folder(
-            storage_for(spec.data.retain.uri).fetch(spec.data.retain.uri, field="spec.data.retain.uri"),
+            fetch(spec.data.retain.uri, "spec.data.retain.uri"),
             field="spec.data.retain.uri",
             image_shape=adapter.image_shape,
         )
@@ -132,8 +163,7 @@ def run_job(
         if spec.evaluation.classifier is not None:
             from unlearning_trainer.evaluation.quality import DomainClassifier
 
-            uri = spec.evaluation.classifier.uri
-            classifier = DomainClassifier.load(storage_for(uri).fetch(uri, field="spec.evaluation.classifier.uri"))
+            classifier = DomainClassifier.load(fetch(spec.evaluation.classifier.uri, "spec.evaluation.classifier.uri"))
         evaluator = Evaluator(
             adapter,
             spec.evaluation,
@@ -155,47 +185,94 @@ def run_job(
             on_progress=on_progress,
             show_progress=show_progress,
         )
+        metrics = {
+            "status": "interrupted" if result.interrupted else "succeeded",
+            "steps": result.steps,
+            "resumedFrom": result.resumed_from,
+            "seconds": time.perf_counter() - started,
+            "samplingForm": SAMPLING_FORM,
+            "data": {"forget": len(forget), "forgetUnique": len(forget.unique()), "retain": len(retain)},
+            "before": result.history[0] if result.history and result.history[0]["step"] == 0 else None,
+            "after": result.history[-1] if result.history else None,
+            "history": result.history,
+        }
+        if main:
+            _finish(job, workdir, adapter, accelerator, tracker, metrics, output_storage, model_dir, forget)
     except Exception as exc:
         if main:
-            _write_metrics(
-                workdir,
-                job,
-                {"status": "failed", "reason": getattr(exc, "reason", "TrainerError"), "message": str(exc)},
-            )
-        tracker.finish("FAILED")
+            _write_json(workdir / "metrics.json", _metrics_document(job, _failure(exc)))
+            tracker.finish("FAILED")
         raise
-    metrics = {
-        "status": "interrupted" if result.interrupted else "succeeded",
-        "steps": result.steps,
-        "resumedFrom": result.resumed_from,
-        "seconds": time.perf_counter() - started,
-        "samplingForm": SAMPLING_FORM,
-        "data": {"forget": len(forget), "forgetUnique": len(forget.unique()), "retain": len(retain)},
-        "before": result.history[0] if result.history and result.history[0]["step"] == 0 else None,
-        "after": result.history[-1] if result.history else None,
-        "history": result.history,
-    }
-    if main and not result.interrupted:
-        staging = workdir / ".staging-model"
-        shutil.rmtree(staging, ignore_errors=True)
-        adapter.save(accelerator.unwrap_model(adapter.unet), staging)
-        for entry in staging.iterdir():
-            target = workdir / entry.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            entry.rename(target)
-        staging.rmdir()
-    if main:
-        path = _write_metrics(workdir, job, metrics)
-        tracker.log_artifact(path)
-        output_storage.publish(workdir, spec.output.uri)
-        tracker.finish("KILLED" if result.interrupted else "FINISHED")
     accelerator.wait_for_everyone()
     return RunResult(output=workdir, metrics=metrics)
 
 
-def _write_metrics(workdir: Path, job: UnlearningJob, metrics: dict[str, Any]) -> Path:
-    path = workdir / "metrics.json"
-    document = {"job": job.metadata.name, "spec": dump_job(job)["spec"], **metrics}
+def _finish(
+    job: UnlearningJob,
+    workdir: Path,
+    adapter: Any,
+    accelerator: Any,
+    tracker: Tracker,
+    metrics: dict[str, Any],
+    output_storage: Any,
+    model_dir: Path,
+    forget: Any,
+) -> None:
+    """Rank 0 after training: save the pipeline, write metrics and the audit record, log, publish, register."""
+    spec = job.spec
+    interrupted = metrics["status"] == "interrupted"
+    if not interrupted:
+        _save_pipeline(adapter, accelerator.unwrap_model(adapter.unet), workdir)
+    tracking = tracker.health()
+    metrics["tracking"] = tracking
+    record = audit.build_record(
+        job,
+        forget_files=list(zip(forget.names, forget.digests, strict=True)),
+        model_before=audit.model_digest(model_dir),
+        model_after=None if interrupted else audit.model_digest(workdir),
+        metrics=metrics,
+        tracking=tracking,
+    )
+    metrics["verdict"] = record["verdict"]
+    metrics_path = _write_json(workdir / "metrics.json", _metrics_document(job, metrics))
+    audit_path = _write_json(workdir / "audit.json", record)
+    for path in (metrics_path, audit_path):
+        tracker.log_artifact(path)
+    for grid in sorted((workdir / "samples").glob("*.png")):
+        tracker.log_artifact(grid, "samples")
+    if interrupted:
+        tracker.finish("KILLED")
+        return
+    output_storage.publish(workdir, spec.output.uri)
+    registered = spec.tracking.registered_model
+    if registered is not None:
+        version = tracker.register_model(registered.name, spec.output.uri, registered.alias)
+        metrics["registeredModel"] = {"name": registered.name, "version": version, "alias": registered.alias}
+    tracker.finish("FINISHED")
+    metrics["tracking"] = tracker.health()
+
+
+def _save_pipeline(adapter: Any, unet: Any, workdir: Path) -> None:
+    """save_pretrained into a staging folder, then move its entries into place."""
+    staging = workdir / ".staging-model"
+    shutil.rmtree(staging, ignore_errors=True)
+    adapter.save(unet, staging)
+    for entry in staging.iterdir():
+        target = workdir / entry.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        entry.rename(target)
+    staging.rmdir()
+
+
+def _failure(exc: Exception) -> dict[str, Any]:
+    return {"status": "failed", "reason": getattr(exc, "reason", "TrainerError"), "message": str(exc)}
+
+
+def _metrics_document(job: UnlearningJob, metrics: dict[str, Any]) -> dict[str, Any]:
+    return {"job": job.metadata.name, "spec": dump_job(job)["spec"], **metrics}
+
+
+def _write_json(path: Path, document: dict[str, Any]) -> Path:
     path.write_text(json.dumps(document, indent=2))
     return path

@@ -134,9 +134,31 @@ class StorageSpec(_Model):
     )
 
 
+class RegisteredModelSpec(_Model):
+    name: str = Field(min_length=1, max_length=256, description="MLflow registered model name.")
+    alias: str | None = Field(default=None, max_length=256, description="Alias set on the new version.")
+
+
 class TrackingSpec(_Model):
-    mlflow_tracking_uri: str | None = Field(default=None, description="MLflow server; null disables MLflow.")
+    mlflow_tracking_uri: str | None = Field(
+        default=None, description="MLflow server; null uses MLFLOW_TRACKING_URI, and without it MLflow is off."
+    )
     experiment: str = Field(default="unlearning", min_length=1, description="MLflow experiment name.")
+    registered_model: RegisteredModelSpec | None = Field(
+        default=None, description="Register the unlearned pipeline as a new version of this MLflow model."
+    )
+
+
+class AuditSpec(_Model):
+    request_id: str | None = Field(
+        default=None, max_length=256, description="The deletion request this job answers (ticket or case id)."
+    )
+    max_memorization_rate: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="Verdict: the final memorization rate must not exceed this."
+    )
+    max_retain_loss_increase: float = Field(
+        default=0.1, ge=0.0, description="Verdict: the retain loss may grow by at most this fraction."
+    )
 
 
 class RunPolicySpec(_Model):
@@ -155,6 +177,7 @@ class UnlearningJobSpec(_Model):
     output: OutputSpec
     storage: StorageSpec = Field(default_factory=StorageSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    audit: AuditSpec = Field(default_factory=AuditSpec)
     workers: int = Field(default=1, ge=1, le=64, description="Trainer processes (pods on Kubernetes).")
     run_policy: RunPolicySpec = Field(default_factory=RunPolicySpec)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 from pathlib import Path
 from typing import Protocol
@@ -19,7 +20,11 @@ class Storage(Protocol):
         ...
 
     def publish(self, local: Path, uri: str) -> None:
-        """Make the finished output in `local` visible at `uri`."""
+        """Make the finished output in `local` visible at `uri` (checkpoints excluded)."""
+        ...
+
+    def read_text(self, uri: str, *, field: str = "") -> str:
+        """The content of one file."""
         ...
 
 
@@ -47,12 +52,27 @@ class LocalStorage:
     def publish(self, local: Path, uri: str) -> None:
         target = local_path(uri)
         if local.resolve() != target.resolve():
-            shutil.copytree(local, target, dirs_exist_ok=True)
+            shutil.copytree(local, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("checkpoints"))
+
+    def read_text(self, uri: str, *, field: str = "") -> str:
+        path = local_path(uri)
+        if not path.is_file():
+            raise DataError(f"{field or uri}: {path} does not exist.")
+        return path.read_text()
 
 
-def storage_for(uri: str) -> Storage:
-    """The storage implementation for a URI scheme."""
+@functools.cache
+def _s3(endpoint: str | None) -> Storage:
+    from unlearning_trainer.storage.s3 import S3Storage
+
+    return S3Storage(endpoint)
+
+
+def storage_for(uri: str, *, endpoint: str | None = None) -> Storage:
+    """The storage implementation for a URI scheme; `endpoint` is spec.storage.endpoint for s3:// URIs."""
     if "://" not in uri or uri.startswith("file://"):
         return LocalStorage()
+    if uri.startswith("s3://"):
+        return _s3(endpoint)
     scheme = uri.split("://", 1)[0]
-    raise SpecError(f"{uri}: the {scheme}:// scheme is not supported. Fix: use a local path or a file:// URI.")
+    raise SpecError(f"{uri}: the {scheme}:// scheme is not supported. Fix: use s3://, file:// or a local path.")

@@ -1,0 +1,186 @@
+"""S3 storage and MLflow tracking against real servers, including their failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from diffusers import DDPMPipeline
+from mlflow import MlflowClient
+
+from tests.conftest import write_job
+from tests.servers import SECRET_KEY, MlflowServer
+from unlearning_trainer.errors import DataError, UnlearningError
+from unlearning_trainer.runner import run_job
+from unlearning_trainer.spec import parse_job
+from unlearning_trainer.storage.s3 import MANIFEST, S3Storage
+
+
+@pytest.fixture
+def s3_scenario(scenario: Path, s3_server, request) -> dict[str, str]:
+    """The tiny scenario uploaded to S3 under a prefix unique to the test."""
+    prefix = request.node.name.replace("[", "-").replace("]", "")
+    uris = {
+        "model": f"s3://models/{prefix}/tiny-ddpm",
+        "forget": f"s3://datasets/{prefix}/forget",
+        "retain": f"s3://datasets/{prefix}/retain",
+        "output": f"s3://outputs/{prefix}/unlearned",
+    }
+    for name in ("model", "forget", "retain"):
+        s3_server.upload_folder(scenario / name, uris[name])
+    return uris
+
+
+def _s3_job(job_document, uris: dict[str, str], endpoint: str, tracking_uri: str | None = None) -> dict:
+    spec = job_document["spec"]
+    spec["model"]["uri"] = uris["model"]
+    spec["data"] = {"forget": {"uri": uris["forget"]}, "retain": {"uri": uris["retain"]}}
+    spec["output"]["uri"] = uris["output"]
+    spec["storage"] = {"endpoint": endpoint, "credentialsSecret": "s3-credentials"}
+    spec["audit"] = {"requestId": "GDPR-2026-0042"}
+    if tracking_uri:
+        spec["tracking"] = {"mlflowTrackingUri": tracking_uri, "experiment": "s3-e2e"}
+    return job_document
+
+
+def _unlearn(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "unlearning_trainer.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **env, "UNLEARNING_CACHE_DIR": str(cwd / "cache")},
+        timeout=600,
+    )
+
+
+def test_s3_job_end_to_end_with_mlflow(s3_scenario, s3_server, mlflow_server, job_document, tmp_path, monkeypatch):
+    document = _s3_job(job_document, s3_scenario, s3_server.endpoint, mlflow_server.url)
+    result = _unlearn(["run", str(write_job(tmp_path, document)), "--no-progress"], s3_server.env(), tmp_path)
+    assert result.returncode == 0, result.stderr
+
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    storage = S3Storage(s3_server.endpoint, cache_dir=tmp_path / "reader")
+    published = storage.fetch(s3_scenario["output"], field="output")
+    manifest = json.loads(
+        s3_server.client().get_object(Bucket="outputs", Key=_key(s3_scenario, MANIFEST))["Body"].read()
+    )
+    assert "unet/diffusion_pytorch_model.safetensors" in manifest["files"] and "audit.json" in manifest["files"]
+    assert not any(name.startswith("checkpoints/") for name in manifest["files"])
+    DDPMPipeline.from_pretrained(published, use_safetensors=True)
+
+    client = MlflowClient(mlflow_server.url)
+    experiment = client.get_experiment_by_name("s3-e2e")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["method.name"] == "siss" and run.data.params["data.forgetSize"] == "3"
+    assert (
+        run.data.tags["unlearning.dev/job"] == "test-job"
+        and run.data.tags["unlearning.dev/request"] == "GDPR-2026-0042"
+    )
+    everything = json.dumps([run.data.params, run.data.tags])
+    assert SECRET_KEY not in everything and "AWS_SECRET" not in everything
+    history = client.get_metric_history(run.info.run_id, "eval/memorization_rate")
+    assert sorted(m.step for m in history) == [0, 2, 4]
+    assert len(client.get_metric_history(run.info.run_id, "train/loss_keep")) == 4
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"metrics.json", "audit.json", "samples"} <= artifacts
+    assert len(client.list_artifacts(run.info.run_id, "samples")) == 3
+
+    report = _unlearn(["report", s3_scenario["output"], "--endpoint", s3_server.endpoint], s3_server.env(), tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert "request GDPR-2026-0042" in report.stdout and "verdict:" in report.stdout
+    record = json.loads((published / "audit.json").read_text())
+    assert record["forgotten"]["count"] == 3 and len(record["forgotten"]["sha256"][0]["sha256"]) == 64
+    assert record["model"]["sha256Before"] != record["model"]["sha256After"]
+    assert record["tracking"]["runId"] == run.info.run_id
+
+
+def _key(uris: dict[str, str], name: str) -> str:
+    return uris["output"].removeprefix("s3://outputs/") + "/" + name
+
+
+def test_wrong_credentials_are_a_clear_access_denied(s3_scenario, s3_server, job_document, tmp_path):
+    document = _s3_job(job_document, s3_scenario, s3_server.endpoint)
+    env = s3_server.env() | {"AWS_SECRET_ACCESS_KEY": "not-the-secret"}
+    result = _unlearn(["run", str(write_job(tmp_path, document)), "--no-progress"], env, tmp_path)
+    assert result.returncode == 4, result.stderr
+    assert "access denied" in result.stderr and "spec.storage.credentialsSecret" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("field", "uri", "message"),
+    [
+        ("model", "s3://models/no-such-model", "no such object or folder"),
+        ("forget", "s3://no-such-bucket/forget", "bucket 'no-such-bucket' does not exist"),
+    ],
+    ids=["missing-object", "missing-bucket"],
+)
+def test_missing_objects_are_clear_data_errors(s3_scenario, s3_server, job_document, tmp_path, field, uri, message):
+    document = _s3_job(job_document, {**s3_scenario, field: uri}, s3_server.endpoint)
+    result = _unlearn(["run", str(write_job(tmp_path, document)), "--no-progress"], s3_server.env(), tmp_path)
+    assert result.returncode == 3, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_server_stopped_during_upload_retries_then_fails_without_publishing(s3_server, scenario, tmp_path, monkeypatch):
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("UNLEARNING_S3_MAX_ATTEMPTS", "3")
+    storage = S3Storage(s3_server.endpoint, cache_dir=tmp_path / "cache", workers=1)
+    attempts: list[str] = []
+    storage.client.meta.events.register("before-send.s3.PutObject", lambda **kwargs: attempts.append("put"))
+    upload = storage.client.upload_file
+
+    def upload_then_crash(*args, **kwargs):
+        upload(*args, **kwargs)
+        s3_server.stop()
+
+    monkeypatch.setattr(storage.client, "upload_file", upload_then_crash)
+    uri = "s3://outputs/interrupted/unlearned"
+    try:
+        with pytest.raises(UnlearningError, match="cannot reach the S3 endpoint"):
+            storage.publish(scenario / "model", uri)
+    finally:
+        s3_server.start()
+    assert len(attempts) >= 1 + 3, "the second upload must be retried before giving up"
+    keys = [
+        obj["Key"] for obj in s3_server.client().list_objects_v2(Bucket="outputs", Prefix="interrupted/")["Contents"]
+    ]
+    assert keys and all("/.staging/" in key for key in keys)
+    with pytest.raises(DataError, match="unfinished upload"):
+        S3Storage(s3_server.endpoint, cache_dir=tmp_path / "reader").fetch(uri, field="spec.model.uri")
+
+
+def test_mlflow_outage_does_not_fail_training(scenario, job_document, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    server = MlflowServer(root=tmp_path / "mlflow")
+    server.start()
+    spec = job_document["spec"]
+    for name in ("model", "forget", "retain"):
+        (tmp_path / name).symlink_to(scenario / name)
+    spec["model"]["uri"] = str(tmp_path / "model")
+    spec["data"] = {"forget": {"uri": str(tmp_path / "forget")}, "retain": {"uri": str(tmp_path / "retain")}}
+    spec["output"]["uri"] = str(tmp_path / "out")
+    spec["tracking"] = {"mlflowTrackingUri": server.url, "experiment": "outage"}
+
+    def stop_at_step_two(step: int, total: int) -> None:
+        if step == 2:
+            server.stop()
+
+    try:
+        metrics = run_job(parse_job(job_document), show_progress=False, on_progress=stop_at_step_two).metrics
+    finally:
+        server.stop()
+    assert metrics["status"] == "succeeded" and metrics["steps"] == 4
+    assert metrics["tracking"]["available"] is False and metrics["tracking"]["errors"] > 0
+    written = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert written["tracking"]["errors"] > 0
+    assert (tmp_path / "out" / "unet" / "diffusion_pytorch_model.safetensors").is_file()

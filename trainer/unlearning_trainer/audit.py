@@ -1,0 +1,163 @@
+"""The audit record of a deletion request: what was forgotten, how, and what the evidence says.
+
+It holds digests, never data: the sha256 of every forgotten file, the model digests before and after,
+the method and hyperparameters, the code version, the metrics before and after, a verdict against the
+thresholds in `spec.audit`, and the limits of what those metrics prove. Pure functions, no I/O but reading
+the files to digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from unlearning_trainer import __version__
+from unlearning_trainer.spec import UnlearningJob
+
+MODEL_FILES = ("model_index.json", "unet", "scheduler", "vae", "text_encoder", "tokenizer")
+
+LIMITS = (
+    "The memorization rate is estimated from {samples} generated samples: a rate of 0 means no sample came "
+    "within the threshold; at 95% confidence the true rate is below {upper:.2%}.",
+    "The NLL and denoising losses are measured on the listed forget images only; near-duplicates that are "
+    "not in the forget set are not covered by this record.",
+    "Unlearning fine-tunes the model towards one retrained without the data; it is not a retraining, and "
+    "these metrics are evidence of forgetting, not a proof of it.",
+    "The retain loss is the denoising error on a fixed subset of retained images; it tracks, but does not "
+    "guarantee, the quality of generated samples.",
+)
+
+
+def model_digest(folder: Path) -> str:
+    """sha256 over the sorted (relative path, file sha256) pairs of a pipeline's model files."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).parts[0] in MODEL_FILES)
+    for path in files:
+        digest.update(
+            f"{path.relative_to(folder).as_posix()} {hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode()
+        )
+    return digest.hexdigest()
+
+
+def code_version() -> str:
+    """Package version, plus the git commit when running from a checkout."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    return f"{__version__}+g{commit}"
+
+
+def verdict(job: UnlearningJob, before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """Each check with its value, its threshold and whether it passed; `passed` is all of them."""
+    audit = job.spec.audit
+    retain_limit = before["retain_loss"] * (1 + audit.max_retain_loss_increase)
+    checks = [
+        {
+            "check": "memorization rate after unlearning",
+            "value": after["memorization_rate"],
+            "threshold": f"<= {audit.max_memorization_rate}",
+            "passed": after["memorization_rate"] <= audit.max_memorization_rate,
+        },
+        {
+            "check": "forget-set NLL (bits/dim) rose",
+            "value": after["forget_nll_bpd"],
+            "threshold": f"> {before['forget_nll_bpd']:.4f} (before)",
+            "passed": after["forget_nll_bpd"] > before["forget_nll_bpd"],
+        },
+        {
+            "check": "retain loss kept",
+            "value": after["retain_loss"],
+            "threshold": f"<= {retain_limit:.4f} (before + {audit.max_retain_loss_increase:.0%})",
+            "passed": after["retain_loss"] <= retain_limit,
+        },
+    ]
+    return {"passed": all(check["passed"] for check in checks), "checks": checks}
+
+
+def build_record(
+    job: UnlearningJob,
+    *,
+    forget_files: list[tuple[str, str]],
+    model_before: str,
+    model_after: str | None,
+    metrics: dict[str, Any],
+    tracking: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The audit record as a JSON-ready dict. `forget_files` holds (file name, sha256) pairs."""
+    spec = job.spec
+    before, after = metrics.get("before"), metrics.get("after")
+    samples = spec.evaluation.num_samples
+    return {
+        "kind": "UnlearningAuditRecord",
+        "version": 1,
+        "createdAt": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "request": {
+            "id": spec.audit.request_id,
+            "job": job.metadata.name,
+            "namespace": job.metadata.namespace,
+            "uid": (job.metadata.model_extra or {}).get("uid"),
+        },
+        "forgotten": {
+            "count": len(forget_files),
+            "distinct": len({digest for _, digest in forget_files}),
+            "sha256": [{"file": name, "sha256": digest} for name, digest in forget_files],
+        },
+        "model": {
+            "uri": spec.model.uri,
+            "sha256Before": model_before,
+            "output": spec.output.uri,
+            "sha256After": model_after,
+        },
+        "method": spec.method.model_dump(by_alias=True),
+        "training": spec.training.model_dump(by_alias=True),
+        "samplingForm": metrics.get("samplingForm"),
+        "codeVersion": code_version(),
+        "status": metrics.get("status"),
+        "steps": metrics.get("steps"),
+        "metricsBefore": before,
+        "metricsAfter": after,
+        "verdict": verdict(job, before, after) if before and after else None,
+        "tracking": tracking,
+        "limits": [line.format(samples=samples, upper=3.0 / samples) for line in LIMITS],
+    }
+
+
+def render(record: dict[str, Any]) -> str:
+    """A human-readable summary of an audit record, for `unlearn report`."""
+    request = record["request"]
+    lines = [
+        f"Unlearning audit record — job {request['job']}"
+        + (f" (request {request['id']})" if request.get("id") else ""),
+        f"  created {record['createdAt']}, code {record['codeVersion']}, status {record['status']} "
+        f"after {record['steps']} steps",
+        f"  method {record['method']['name']} "
+        + ", ".join(f"{k}={v}" for k, v in record["method"].items() if k != "name" and v is not None),
+        f"  forgot {record['forgotten']['count']} files ({record['forgotten']['distinct']} distinct)",
+        f"  model {record['model']['uri']} sha256 {record['model']['sha256Before'][:16]}…",
+        f"     -> {record['model']['output']} sha256 {(record['model']['sha256After'] or 'none')[:16]}…",
+    ]
+    before, after = record.get("metricsBefore") or {}, record.get("metricsAfter") or {}
+    if before and after:
+        lines.append(f"  {'metric':<22}{'before':>12}{'after':>12}")
+        for key in ("memorization_rate", "forget_nll_bpd", "forget_loss", "retain_loss", "quality_is", "quality_fd"):
+            if key in before and key in after:
+                lines.append(f"  {key:<22}{before[key]:>12.4g}{after[key]:>12.4g}")
+    if record.get("verdict"):
+        lines.append("  verdict: " + ("PASSED" if record["verdict"]["passed"] else "FAILED"))
+        for check in record["verdict"]["checks"]:
+            mark = "ok " if check["passed"] else "NO "
+            lines.append(f"    [{mark}] {check['check']}: {check['value']:.4g} (needs {check['threshold']})")
+    lines.append("  limits of this evidence:")
+    lines.extend(f"    - {limit}" for limit in record["limits"])
+    return "\n".join(lines)
