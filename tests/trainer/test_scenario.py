@@ -57,7 +57,9 @@ def test_classifier_recognises_real_digits_and_not_the_glyph():
     glyphs = torch.from_numpy(np.stack([digits.glyph()] * 64)).float()[:, None] / 255.0
     noise = torch.rand(64, 1, 16, 16)
     assert real_quality["quality_is"] > 5
-    assert quality.quality_metrics(classifier, torch.cat([glyphs, noise]))["quality_fd"] > 10 * real_quality["quality_fd"]
+    assert (
+        quality.quality_metrics(classifier, torch.cat([glyphs, noise]))["quality_fd"] > 10 * real_quality["quality_fd"]
+    )
 
 
 def test_demo_code_path_writes_a_complete_report(tmp_path):

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from unlearning_trainer import __version__, logs
-from unlearning_trainer.errors import UnlearningError
+from unlearning_trainer.errors import SpecError, UnlearningError
 from unlearning_trainer.spec import METHODS, dump_job, load_job
 
 
@@ -55,6 +55,15 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _operator(args: argparse.Namespace) -> int:
+    from unlearning_operator.main import run
+
+    if not args.namespace and not args.all_namespaces:
+        raise SpecError("choose --namespace NAME (repeatable) or --all-namespaces")
+    run(namespaces=args.namespace, clusterwide=args.all_namespaces, liveness=args.liveness, verbose=args.verbose)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from unlearning_trainer.demo import DemoSettings, format_table, run_demo
 
@@ -94,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--endpoint", help="S3-compatible endpoint URL (default: AWS or AWS_ENDPOINT_URL)")
     report.add_argument("--json", action="store_true", help="print the raw JSON record")
     report.set_defaults(handler=_report)
+
+    operator = commands.add_parser("operator", help="run the Kubernetes operator (kopf, standalone)")
+    scope = operator.add_mutually_exclusive_group()
+    scope.add_argument("--namespace", action="append", default=[], help="watch this namespace (repeatable)")
+    scope.add_argument("--all-namespaces", action="store_true", help="watch the whole cluster")
+    operator.add_argument("--liveness", help="health endpoint, e.g. http://0.0.0.0:8080/healthz")
+    operator.set_defaults(handler=_operator)
 
     demo = commands.add_parser("demo", help="unlearn a memorized image from the shipped digits model (CPU, minutes)")
     demo.add_argument("--out", default="unlearning-demo", help="report folder (default: ./unlearning-demo)")

@@ -29,9 +29,13 @@ class _Model(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
 
+MAX_URI = 2048
+
+
 class Location(_Model):
     uri: str = Field(
         min_length=1,
+        max_length=MAX_URI,
         description="Where the data lives: an s3:// URI, a file:// URI or a local path.",
     )
 
@@ -126,7 +130,9 @@ class OutputSpec(Location):
 
 
 class StorageSpec(_Model):
-    endpoint: str | None = Field(default=None, description="S3-compatible endpoint URL; null means AWS.")
+    endpoint: str | None = Field(
+        default=None, max_length=MAX_URI, description="S3-compatible endpoint URL; null means AWS."
+    )
     credentials_secret: str | None = Field(
         default=None,
         max_length=253,
@@ -141,9 +147,11 @@ class RegisteredModelSpec(_Model):
 
 class TrackingSpec(_Model):
     mlflow_tracking_uri: str | None = Field(
-        default=None, description="MLflow server; null uses MLFLOW_TRACKING_URI, and without it MLflow is off."
+        default=None,
+        max_length=MAX_URI,
+        description="MLflow server; null uses MLFLOW_TRACKING_URI (on Kubernetes: the operator's default).",
     )
-    experiment: str = Field(default="unlearning", min_length=1, description="MLflow experiment name.")
+    experiment: str = Field(default="unlearning", min_length=1, max_length=256, description="MLflow experiment name.")
     registered_model: RegisteredModelSpec | None = Field(
         default=None, description="Register the unlearned pipeline as a new version of this MLflow model."
     )

@@ -1,0 +1,368 @@
+"""kopf handlers for UnlearningJob resources and the trainer Jobs they own.
+
+Handlers are thin: parse, decide (pure functions in `manifests`, `observe`, `conditions`), act (`k8s`,
+`mlflow_runs`), write status. Every handler is idempotent; all state lives in the resource's status, so an
+operator restart picks up where it left off without duplicating children.
+
+`build_registry(...)` returns a fresh registry, so tests can run several operators without leaking handlers.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from typing import Any
+
+import kopf
+
+from unlearning_operator import conditions, manifests
+from unlearning_operator.crd import GROUP, PLURAL, VERSION
+from unlearning_operator.k8s import Kubernetes, OwnershipError
+from unlearning_operator.mlflow_runs import MlflowRuns
+from unlearning_operator.observe import Observation, observe
+from unlearning_operator.settings import Settings
+from unlearning_trainer.errors import SpecError
+from unlearning_trainer.spec import UnlearningJobSpec, parse_spec
+
+logger = logging.getLogger("unlearning_operator")
+TERMINAL = ("Succeeded", "Failed")
+FINALIZER = "unlearning.dev/finalizer"
+
+
+class Operator:
+    """The decisions and actions behind the handlers, bound to one API client and one set of settings."""
+
+    def __init__(self, settings: Settings, kube: Kubernetes, mlflow: MlflowRuns | None = None) -> None:
+        self.settings = settings
+        self.kube = kube
+        self._mlflow = mlflow
+
+    def mlflow_for(self, spec: UnlearningJobSpec) -> MlflowRuns | None:
+        uri = manifests.resolved_spec(spec, self.settings).tracking.mlflow_tracking_uri
+        if not uri:
+            return None
+        if self._mlflow is None or self._mlflow.tracking_uri != uri:
+            self._mlflow = MlflowRuns(uri, self.settings.mlflow_ui_url)
+        return self._mlflow
+
+    # ----- status helpers -------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _status_update(
+        body: dict[str, Any],
+        updates: dict[str, tuple[bool | None, str, str]],
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """A status patch with the given conditions set, the phase re-derived and extra fields."""
+        status = body.get("status") or {}
+        generation = body.get("metadata", {}).get("generation", 1)
+        current = list(status.get("conditions") or [])
+        for type_, (value, reason, message) in updates.items():
+            current = conditions.set_condition(
+                current, type_, value, reason=reason, message=message, generation=generation
+            )
+        phase = conditions.phase(current)
+        patch = {"conditions": current, "phase": phase, "observedGeneration": generation, **fields}
+        reasons = [c for c in current if c["type"] == phase]
+        if reasons:
+            patch["reason"], patch["message"] = reasons[0]["reason"], reasons[0]["message"]
+        return patch
+
+    # ----- create / resume ------------------------------------------------------------------------------------
+
+    def start(self, body: dict[str, Any], patch: kopf.Patch) -> None:
+        """Validate, create the MLflow run and the children, and record them in status."""
+        status = body.get("status") or {}
+        if status.get("phase") in TERMINAL:
+            return
+        owner = manifests.Owner.from_body(body)
+        try:
+            spec = parse_spec(body.get("spec"), source=f"UnlearningJob {owner.namespace}/{owner.name}")
+        except SpecError as exc:
+            message = str(exc)
+            patch.status.update(
+                self._status_update(
+                    body,
+                    {"Failed": (True, "InvalidSpec", message), "Created": (False, "InvalidSpec", "nothing created")},
+                    failure={"reason": "InvalidSpec", "message": message[:1024]},
+                )
+            )
+            kopf.warn(body, reason="InvalidSpec", message=message[:1024])
+            return
+        mlflow_status = status.get("mlflow") or self._create_run(body, owner, spec)
+        attempt = int(status.get("restarts") or 0)
+        created = self._ensure_children(owner, spec, attempt, mlflow_status, status.get("startTime"))
+        fields: dict[str, Any] = {
+            "jobName": manifests.job_name(owner, attempt),
+            "serviceName": manifests.service_name(owner),
+            "restarts": attempt,
+            "startTime": status.get("startTime") or conditions.now(),
+            "outputModelUri": spec.output.uri,
+            "progress": status.get("progress") or {"step": 0, "totalSteps": spec.training.steps, "percent": 0},
+        }
+        if mlflow_status:
+            fields["mlflow"] = mlflow_status
+        suspended = spec.run_policy.suspend
+        patch.status.update(
+            self._status_update(
+                body,
+                {
+                    "Created": (True, "JobCreated", f"Job {fields['jobName']} with {spec.workers} worker(s)"),
+                    "Suspended": (suspended, "Suspended" if suspended else "NotSuspended", "runPolicy.suspend"),
+                },
+                **fields,
+            )
+        )
+        if created:
+            kopf.info(body, reason="CreatedJob", message=f"created Job {fields['jobName']}")
+
+    def _create_run(self, body: dict[str, Any], owner: manifests.Owner, spec: UnlearningJobSpec) -> dict[str, str]:
+        mlflow = self.mlflow_for(spec)
+        if mlflow is None:
+            return {}
+        tags = {
+            "unlearning.dev/job": owner.name,
+            "unlearning.dev/namespace": owner.namespace,
+            "unlearning.dev/uid": owner.uid,
+            "unlearning.dev/method": spec.method.name,
+        }
+        try:
+            run = mlflow.create(spec.tracking.experiment, f"{owner.namespace}/{owner.name}", tags)
+        except Exception as exc:
+            kopf.warn(body, reason="MLflowUnavailable", message=f"could not create the MLflow run: {exc}"[:1024])
+            return {}
+        kopf.info(body, reason="MLflowRunCreated", message=f"MLflow run {run['runId']}")
+        return run
+
+    def _ensure_children(
+        self,
+        owner: manifests.Owner,
+        spec: UnlearningJobSpec,
+        attempt: int,
+        mlflow_status: dict[str, str],
+        start_time: str | None,
+    ) -> bool:
+        """Create the ConfigMap, Service and this attempt's Job if missing. Returns whether the Job was created."""
+        mlflow_env = None
+        tracking_uri = manifests.resolved_spec(spec, self.settings).tracking.mlflow_tracking_uri
+        if mlflow_status.get("runId") and tracking_uri:
+            mlflow_env = {
+                "MLFLOW_TRACKING_URI": tracking_uri,
+                "MLFLOW_EXPERIMENT_ID": mlflow_status["experimentId"],
+                "MLFLOW_RUN_ID": mlflow_status["runId"],
+            }
+        deadline = _remaining_deadline(spec.run_policy.active_deadline_seconds, start_time)
+        try:
+            self.kube.create_or_adopt(manifests.build_configmap(owner, spec, self.settings))
+            self.kube.create_or_adopt(manifests.build_service(owner, self.settings))
+            job = manifests.build_job(
+                owner, spec, self.settings, attempt=attempt, mlflow_env=mlflow_env, active_deadline_seconds=deadline
+            )
+            _, created = self.kube.create_or_adopt(job)
+        except OwnershipError as exc:
+            raise kopf.PermanentError(str(exc)) from exc
+        return created
+
+    # ----- following the trainer Job --------------------------------------------------------------------------
+
+    def sync(self, namespace: str, name: str) -> None:
+        """Mirror the current attempt's Job into the UnlearningJob status; restart or finish as needed."""
+        body = self.kube.get_unlearning_job(namespace, name)
+        if body is None or (body.get("status") or {}).get("phase") in TERMINAL:
+            return
+        status = body.get("status") or {}
+        if "jobName" not in status:
+            return
+        try:
+            spec = parse_spec(body.get("spec"))
+        except SpecError:
+            return
+        job = self.kube.get_job(namespace, status["jobName"])
+        pods = self.kube.list_pods(namespace, status["jobName"]) if job else []
+        seen = observe(job, pods, manifests.PERMANENT_EXIT_CODES)
+        if seen.state == "Failed":
+            self._handle_failure(body, spec, seen)
+        elif seen.state == "Succeeded":
+            self._finish(body, spec, seen, succeeded=True)
+        elif seen.state == "Running":
+            self._transition(body, {"Running": (True, seen.reason, seen.message), "Suspended": (False, "Running", "")})
+        elif seen.state == "Suspended":
+            self._transition(
+                body, {"Running": (False, "Suspended", seen.message), "Suspended": (True, seen.reason, seen.message)}
+            )
+
+    def _transition(
+        self, body: dict[str, Any], updates: dict[str, tuple[bool | None, str, str]], **fields: Any
+    ) -> None:
+        meta = body["metadata"]
+        before = conditions.phase((body.get("status") or {}).get("conditions") or [])
+        patch = self._status_update(body, updates, **fields)
+        self.kube.patch_status(meta["namespace"], meta["name"], patch)
+        if patch["phase"] != before:
+            event = kopf.warn if patch["phase"] == "Failed" else kopf.info
+            event(body, reason=patch["phase"], message=patch.get("message", "") or patch["phase"])
+
+    def _handle_failure(self, body: dict[str, Any], spec: UnlearningJobSpec, seen: Observation) -> None:
+        status = body.get("status") or {}
+        restarts = int(status.get("restarts") or 0)
+        if seen.permanent or restarts >= spec.run_policy.backoff_limit:
+            reason = seen.reason if seen.permanent else "BackoffLimitExceeded"
+            if not seen.permanent:
+                seen = Observation(
+                    "Failed",
+                    reason,
+                    f"{restarts + 1} attempt(s) failed; last: {seen.message}",
+                    seen.failure,
+                )
+            self._finish(body, spec, seen, succeeded=False)
+            return
+        owner = manifests.Owner.from_body(body)
+        self.kube.delete_job(owner.namespace, status["jobName"])
+        attempt = restarts + 1
+        self._ensure_children(owner, spec, attempt, status.get("mlflow") or {}, status.get("startTime"))
+        message = f"attempt {restarts + 1} failed ({seen.reason}: {seen.message}); restarting all workers"
+        failure = seen.failure.as_status() if seen.failure else None
+        self._transition(
+            body,
+            {"Running": (False, "Restarting", message[:1024])},
+            restarts=attempt,
+            jobName=manifests.job_name(owner, attempt),
+            failure=failure,
+        )
+        kopf.warn(body, reason="Restarting", message=message[:1024])
+
+    def _finish(self, body: dict[str, Any], spec: UnlearningJobSpec, seen: Observation, *, succeeded: bool) -> None:
+        status = body.get("status") or {}
+        total = spec.training.steps
+        fields: dict[str, Any] = {"completionTime": conditions.now()}
+        if succeeded:
+            fields["progress"] = {"step": seen.step or total, "totalSteps": total, "percent": 100}
+            updates = {
+                "Succeeded": (True, seen.reason, seen.message),
+                "Running": (False, "Completed", seen.message),
+            }
+        else:
+            fields["failure"] = seen.failure.as_status() if seen.failure else {"reason": seen.reason}
+            updates = {"Failed": (True, seen.reason, seen.message[:1024]), "Running": (False, seen.reason, "")}
+        self._transition(body, updates, **fields)
+        run_id = (status.get("mlflow") or {}).get("runId")
+        mlflow = self.mlflow_for(spec)
+        if run_id and mlflow is not None:
+            try:
+                mlflow.end(run_id, "FINISHED" if succeeded else "FAILED")
+            except Exception as exc:
+                logger.warning("could not end MLflow run %s: %s", run_id, exc)
+        ttl = spec.run_policy.ttl_seconds_after_finished
+        if ttl is not None and status.get("jobName"):
+            self.kube.patch_job(
+                body["metadata"]["namespace"], status["jobName"], {"spec": {"ttlSecondsAfterFinished": ttl}}
+            )
+
+    # ----- suspend, progress, delete ----------------------------------------------------------------------------
+
+    def set_suspended(self, body: dict[str, Any], suspended: bool) -> None:
+        status = body.get("status") or {}
+        if status.get("phase") in TERMINAL or "jobName" not in status:
+            return
+        meta = body["metadata"]
+        self.kube.patch_job(meta["namespace"], status["jobName"], {"spec": {"suspend": suspended}})
+        if suspended:
+            updates = {
+                "Suspended": (True, "Suspended", "runPolicy.suspend is true"),
+                "Running": (False, "Suspended", ""),
+            }
+        else:
+            updates = {"Suspended": (False, "Resumed", "resumed from the last checkpoint")}
+        self._transition(body, updates)
+
+    def refresh_progress(self, body: dict[str, Any]) -> None:
+        status = body.get("status") or {}
+        run_id = (status.get("mlflow") or {}).get("runId")
+        if status.get("phase") != "Running" or not run_id:
+            return
+        spec = parse_spec(body.get("spec"))
+        mlflow = self.mlflow_for(spec)
+        if mlflow is None:
+            return
+        step = mlflow.progress(run_id)
+        if step is None or step == (status.get("progress") or {}).get("step"):
+            return
+        total = spec.training.steps
+        meta = body["metadata"]
+        progress = {"step": step, "totalSteps": total, "percent": min(100, int(100 * step / total))}
+        self.kube.patch_status(meta["namespace"], meta["name"], {"progress": progress})
+
+    def cleanup(self, body: dict[str, Any]) -> None:
+        """Mark an unfinished MLflow run as killed; children go with the owner through garbage collection."""
+        status = body.get("status") or {}
+        run_id = (status.get("mlflow") or {}).get("runId")
+        if not run_id or status.get("phase") in TERMINAL:
+            return
+        try:
+            mlflow = self.mlflow_for(parse_spec(body.get("spec")))
+            if mlflow is not None:
+                mlflow.end(run_id, "KILLED")
+        except Exception as exc:
+            logger.warning("could not end MLflow run %s: %s", run_id, exc)
+
+
+def _remaining_deadline(deadline: int | None, start_time: str | None) -> int | None:
+    if deadline is None or start_time is None:
+        return deadline
+    started = datetime.strptime(start_time, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    return deadline - int((datetime.now(timezone.utc) - started).total_seconds())
+
+
+def build_registry(
+    settings: Settings,
+    kube: Kubernetes,
+    *,
+    server: str | None = None,
+    mlflow: MlflowRuns | None = None,
+) -> kopf.OperatorRegistry:
+    """A registry with every handler bound to `settings` and `kube`; `server` adds a login for that API URL."""
+    registry = kopf.OperatorRegistry()
+    operator = Operator(settings, kube, mlflow)
+    resource = (GROUP, VERSION, PLURAL)
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.persistence.finalizer = FINALIZER
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+        settings.watching.server_timeout = 300
+        settings.posting.level = logging.INFO
+
+    if server is not None:
+
+        @kopf.on.login(registry=registry)
+        def login(**_: Any) -> kopf.ConnectionInfo:
+            return kopf.ConnectionInfo(server=server, insecure=True)
+
+    @kopf.on.create(*resource, registry=registry)
+    @kopf.on.resume(*resource, registry=registry)
+    def start(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+        operator.start(dict(body), patch)
+
+    @kopf.on.field(*resource, field="spec.runPolicy.suspend", registry=registry)
+    def suspend(body: kopf.Body, old: Any, new: Any, **_: Any) -> None:
+        if old is None and not new:
+            return
+        operator.set_suspended(dict(body), bool(new))
+
+    @kopf.on.event("batch", "v1", "jobs", labels={manifests.JOB_LABEL: kopf.PRESENT}, registry=registry)
+    def job_event(body: kopf.Body, **_: Any) -> None:
+        labels = body.get("metadata", {}).get("labels", {})
+        operator.sync(body["metadata"]["namespace"], labels[manifests.JOB_LABEL])
+
+    @kopf.timer(*resource, interval=settings.progress_poll_seconds, registry=registry)
+    def poll(body: kopf.Body, **_: Any) -> None:
+        operator.refresh_progress(dict(body))
+        meta = body["metadata"]
+        operator.sync(meta["namespace"], meta["name"])
+
+    @kopf.on.delete(*resource, optional=True, registry=registry)
+    def delete(body: kopf.Body, **_: Any) -> None:
+        operator.cleanup(dict(body))
+
+    return registry

@@ -1,0 +1,110 @@
+"""The only module that calls the Kubernetes API (through the official client, as plain dicts).
+
+Every write is idempotent: creating an object that exists is fine when we own it, deleting one that is gone
+is fine, and selectors are also applied client-side so that test servers that ignore them stay correct.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from unlearning_operator.crd import GROUP, PLURAL, VERSION
+
+
+class OwnershipError(Exception):
+    """A child with our name exists but belongs to someone else."""
+
+
+class Kubernetes:
+    def __init__(self, api_client: kubernetes.client.ApiClient) -> None:
+        self.core = kubernetes.client.CoreV1Api(api_client)
+        self.batch = kubernetes.client.BatchV1Api(api_client)
+        self.custom = kubernetes.client.CustomObjectsApi(api_client)
+
+    @classmethod
+    def from_environment(cls) -> Kubernetes:
+        """In-cluster credentials when running in a pod, the kubeconfig otherwise."""
+        try:
+            kubernetes.config.load_incluster_config()
+        except kubernetes.config.ConfigException:
+            kubernetes.config.load_kube_config()
+        return cls(kubernetes.client.ApiClient())
+
+    @staticmethod
+    def _data(response: Any) -> dict[str, Any]:
+        return json.loads(response.data)
+
+    def _read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        readers = {
+            "Job": self.batch.read_namespaced_job,
+            "Service": self.core.read_namespaced_service,
+            "ConfigMap": self.core.read_namespaced_config_map,
+        }
+        try:
+            return self._data(readers[kind](name, namespace, _preload_content=False))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def create_or_adopt(self, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Create `body`; if it exists and carries the same controller owner, return it. Returns (object, created)."""
+        creators = {
+            "Job": self.batch.create_namespaced_job,
+            "Service": self.core.create_namespaced_service,
+            "ConfigMap": self.core.create_namespaced_config_map,
+        }
+        meta = body["metadata"]
+        try:
+            return self._data(creators[body["kind"]](meta["namespace"], body, _preload_content=False)), True
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        existing = self._read(body["kind"], meta["namespace"], meta["name"]) or {}
+        owners = {ref.get("uid") for ref in existing.get("metadata", {}).get("ownerReferences") or []}
+        wanted = {ref["uid"] for ref in meta.get("ownerReferences", [])}
+        if wanted and not owners & wanted:
+            raise OwnershipError(f"{body['kind']} {meta['namespace']}/{meta['name']} exists and is not ours")
+        return existing, False
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._read("Job", namespace, name)
+
+    def patch_job(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        self.batch.patch_namespaced_job(name, namespace, patch)
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        """Delete a Job and (through background propagation) its pods; a missing Job is fine."""
+        try:
+            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def list_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
+        selector = f"batch.kubernetes.io/job-name={job_name}"
+        pods = self._data(self.core.list_namespaced_pod(namespace, label_selector=selector, _preload_content=False))
+        return [
+            pod
+            for pod in pods.get("items", [])
+            if (pod.get("metadata", {}).get("labels") or {}).get("batch.kubernetes.io/job-name") == job_name
+        ]
+
+    def get_unlearning_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self._data(
+                self.custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, name, _preload_content=False
+                )
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": status})

@@ -1,0 +1,41 @@
+"""The operator's side of MLflow: it creates the run before the trainer starts (so retries continue one run),
+reads the trainer's progress from it, and ends it. Only mlflow-skinny is needed; never torch."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+logger = logging.getLogger("unlearning_operator.mlflow")
+
+PROGRESS_METRIC = "progress/step"
+
+
+class MlflowRuns:
+    def __init__(self, tracking_uri: str, ui_url: str = "") -> None:
+        from mlflow import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.tracking_uri = tracking_uri
+        self.ui_url = (ui_url or tracking_uri).rstrip("/")
+
+    def create(self, experiment: str, run_name: str, tags: dict[str, str]) -> dict[str, str]:
+        found = self.client.get_experiment_by_name(experiment)
+        experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+        run = self.client.create_run(experiment_id, run_name=run_name, tags=tags)
+        run_id = run.info.run_id
+        return {
+            "experimentId": experiment_id,
+            "runId": run_id,
+            "runUrl": f"{self.ui_url}/#/experiments/{experiment_id}/runs/{run_id}",
+        }
+
+    def progress(self, run_id: str) -> int | None:
+        metrics: dict[str, Any] = self.client.get_run(run_id).data.metrics
+        value = metrics.get(PROGRESS_METRIC)
+        return None if value is None else int(value)
+
+    def end(self, run_id: str, status: str) -> None:
+        run = self.client.get_run(run_id)
+        if run.info.status in ("RUNNING", "SCHEDULED"):
+            self.client.set_terminated(run_id, status)

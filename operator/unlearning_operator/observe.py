@@ -1,0 +1,114 @@
+"""Read the state of a child Job and its pods into what the UnlearningJob's status should say. Pure.
+
+The trainer writes a JSON termination message (reason, message, step, runId) on exit; with
+`FallbackToLogsOnError` the kubelet puts the log tail there instead when the trainer crashed before writing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+MAX_MESSAGE = 1024
+
+
+@dataclass(frozen=True)
+class Failure:
+    exit_code: int | None
+    reason: str
+    message: str
+
+    def as_status(self) -> dict[str, Any]:
+        return {"exitCode": self.exit_code, "reason": self.reason, "message": self.message}
+
+
+@dataclass(frozen=True)
+class Observation:
+    state: str
+    """One of Pending, Running, Suspended, Succeeded, Failed."""
+    reason: str
+    message: str
+    failure: Failure | None = None
+    permanent: bool = False
+    """A failure that a retry cannot fix (invalid job, missing data, denied access)."""
+    step: int | None = None
+    run_id: str | None = None
+
+
+def _condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == type_ and condition.get("status") == "True":
+            return condition
+    return None
+
+
+def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        terminated = (status.get("state") or {}).get("terminated")
+        if terminated:
+            return terminated
+    return None
+
+
+def parse_termination_message(text: str | None) -> dict[str, Any]:
+    """The trainer's JSON summary, or the raw text (a log tail) as the message."""
+    if not text:
+        return {}
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError:
+        return {"message": text.strip()[-MAX_MESSAGE:]}
+    return parsed if isinstance(parsed, dict) else {"message": str(parsed)[-MAX_MESSAGE:]}
+
+
+def pod_failure(pods: list[dict[str, Any]], permanent_codes: list[int]) -> tuple[Failure | None, bool]:
+    """The first failed container's exit code, reason and message, and whether the failure is permanent."""
+    failed = [(pod, t) for pod in pods if (t := _terminated(pod)) and t.get("exitCode", 0) != 0]
+    failed.sort(key=lambda item: item[0].get("metadata", {}).get("name", ""))
+    if not failed:
+        return None, False
+    _, terminated = failed[0]
+    summary = parse_termination_message(terminated.get("message"))
+    code = terminated.get("exitCode")
+    reason = summary.get("reason") or terminated.get("reason") or "TrainerError"
+    if terminated.get("reason") == "OOMKilled":
+        reason = "OOMKilled"
+    message = str(summary.get("message") or terminated.get("reason") or f"exit code {code}")[:MAX_MESSAGE]
+    if "NCCL" in message and "timeout" in message.lower():
+        reason = "NCCLTimeout"
+    return Failure(code, reason, message), code in permanent_codes
+
+
+def _summary(pods: list[dict[str, Any]]) -> dict[str, Any]:
+    for pod in pods:
+        terminated = _terminated(pod)
+        if terminated and terminated.get("exitCode") == 0:
+            return parse_termination_message(terminated.get("message"))
+    return {}
+
+
+def observe(job: dict[str, Any] | None, pods: list[dict[str, Any]], permanent_codes: list[int]) -> Observation:
+    """What the child Job and its pods say about the attempt."""
+    if job is None:
+        return Observation("Pending", "JobMissing", "the trainer Job does not exist yet")
+    status = job.get("status") or {}
+    if _condition(job, "Complete") or _condition(job, "SuccessCriteriaMet"):
+        summary = _summary(pods)
+        return Observation(
+            "Succeeded", "JobSucceeded", "the trainer finished", step=summary.get("step"), run_id=summary.get("runId")
+        )
+    failed = _condition(job, "Failed") or _condition(job, "FailureTarget")
+    failure, permanent = pod_failure(pods, permanent_codes)
+    if failed or failure is not None:
+        reason = failed.get("reason", "JobFailed") if failed else "PodFailed"
+        if failure is None:
+            failure = Failure(None, reason, failed.get("message", "") if failed else "")
+        if failed and reason == "DeadlineExceeded":
+            return Observation("Failed", "DeadlineExceeded", failed.get("message", ""), failure, permanent=True)
+        return Observation("Failed", failure.reason, failure.message, failure, permanent=permanent)
+    if (job.get("spec") or {}).get("suspend"):
+        return Observation("Suspended", "JobSuspended", "the trainer Job is suspended")
+    if status.get("active") or status.get("ready"):
+        return Observation("Running", "PodsRunning", f"{status.get('active', 0)} trainer pod(s) running")
+    return Observation("Pending", "PodsPending", "waiting for trainer pods to start")

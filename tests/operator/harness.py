@@ -1,0 +1,209 @@
+"""Run the real kopf operator against kmock's Kubernetes API emulator over HTTP, and play the Job controller.
+
+kmock keeps objects in memory but sets no resourceVersion, uid, generation or creationTimestamp, and turns a
+failed JSON-patch `test` into a 500. `VersionedEmulator` adds those, as a real API server would, so kopf can
+tell fresh events from stale ones (see the project's testing notes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import attrs
+import jsonpatch
+import kmock
+import kopf
+import kubernetes
+
+from unlearning_operator.handlers import build_registry
+from unlearning_operator.k8s import Kubernetes
+from unlearning_operator.settings import Settings
+
+NAMESPACE = "default"
+RESOURCE = "unlearning.dev/v1alpha1/unlearningjobs"
+_VERSIONS = itertools.count(1)
+
+
+@attrs.define(kw_only=True)
+class VersionedEmulator(kmock.KubernetesEmulator):
+    async def _handle(self, request: Any) -> Any:
+        if request.resource is not None and request.action in (kmock.action.CREATE, kmock.action.UPDATE):
+            version = str(next(_VERSIONS))
+            if isinstance(request.data, dict):
+                meta = request.data.setdefault("metadata", {})
+                meta["resourceVersion"] = version
+                if request.action == kmock.action.CREATE:
+                    meta.setdefault("uid", str(uuid.uuid4()))
+                    meta.setdefault("generation", 1)
+                    meta.setdefault("creationTimestamp", datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+                    if "name" not in meta and "generateName" in meta:
+                        meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+                elif "spec" in request.data and request.subresource is None:
+                    key = (request.resource, request.namespace, request.name)
+                    if key in self.objects:
+                        current = self.objects[key].get("metadata", {}).get("generation", 1)
+                        meta["generation"] = current + 1
+            elif isinstance(request.data, list):
+                request.data.append({"op": "add", "path": "/metadata/resourceVersion", "value": version})
+        try:
+            return await super()._handle(request)
+        except jsonpatch.JsonPatchTestFailed as exc:
+            raise kmock.KubernetesError(status=422, reason="Invalid", message=str(exc)) from None
+
+
+def declare_resources(emulator: kmock.KubernetesEmulator) -> None:
+    emulator.resources.load_bundled()
+    emulator.resources[RESOURCE] = kmock.ResourceInfo(
+        kind="UnlearningJob",
+        singular="unlearningjob",
+        namespaced=True,
+        verbs={"get", "list", "watch", "create", "patch", "delete"},
+        subresources={"status"},
+    )
+
+
+def api_client(emulator: kmock.KubernetesEmulator) -> kubernetes.client.ApiClient:
+    configuration = kubernetes.client.Configuration()
+    configuration.host = str(emulator.url).rstrip("/")
+    return kubernetes.client.ApiClient(configuration)
+
+
+@contextlib.asynccontextmanager
+async def running_operator(emulator: kmock.KubernetesEmulator, settings: Settings | None = None) -> AsyncIterator[None]:
+    """Start the operator in this event loop (in the test body: kopf cancels tasks created after it)."""
+    settings = settings or Settings(progress_poll_seconds=0.5)
+    registry = build_registry(settings, Kubernetes(api_client(emulator)), server=str(emulator.url).rstrip("/"))
+    ready = asyncio.Event()
+    task = asyncio.create_task(kopf.operator(registry=registry, standalone=True, clusterwide=True, ready_flag=ready))
+    await asyncio.wait_for(ready.wait(), timeout=20)
+    await _watching(emulator, ("unlearningjobs", "batch/v1/jobs"))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+
+async def _watching(emulator: kmock.KubernetesEmulator, paths: tuple[str, ...], timeout: float = 20) -> None:
+    """Wait until kopf's watch streams are open: kmock drops events that happen while a watch is starting."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        urls = [str(request.url) for request in list(emulator)]
+        if all(any(path in url and "watch=" in url for url in urls) for path in paths):
+            await asyncio.sleep(0.1)
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the operator never opened its watch streams")
+
+
+def job_document(name: str, **spec_overrides: Any) -> dict[str, Any]:
+    spec = {
+        "model": {"uri": "s3://models/ddpm-digits"},
+        "data": {"forget": {"uri": "s3://datasets/forget/"}, "retain": {"uri": "s3://datasets/retain/"}},
+        "training": {"steps": 100, "batchSize": 8},
+        "output": {"uri": f"s3://models/{name}-out"},
+        "storage": {"credentialsSecret": "s3-credentials"},
+    } | spec_overrides
+    return {
+        "apiVersion": "unlearning.dev/v1alpha1",
+        "kind": "UnlearningJob",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": spec,
+    }
+
+
+class Cluster:
+    """HTTP calls against the emulator, as kubectl and the Job controller would make them."""
+
+    def __init__(self, emulator: kmock.KubernetesEmulator) -> None:
+        self.emulator = emulator
+
+    async def _request(self, method: str, path: str, body: Any = None, content_type: str = "application/json") -> Any:
+        headers = {"Content-Type": content_type}
+        async with self.emulator.request(method, path, json=body, headers=headers) as response:
+            if response.status >= 400:
+                raise AssertionError(f"{method} {path}: {response.status} {await response.text()}")
+            return await response.json(content_type=None)
+
+    async def apply(self, document: dict[str, Any]) -> None:
+        await self._request("POST", f"/apis/unlearning.dev/v1alpha1/namespaces/{NAMESPACE}/unlearningjobs", document)
+
+    async def patch_job_resource(self, name: str, patch: dict[str, Any]) -> None:
+        path = f"/apis/unlearning.dev/v1alpha1/namespaces/{NAMESPACE}/unlearningjobs/{name}"
+        await self._request("PATCH", path, patch, "application/merge-patch+json")
+
+    async def delete(self, name: str) -> None:
+        await self._request("DELETE", f"/apis/unlearning.dev/v1alpha1/namespaces/{NAMESPACE}/unlearningjobs/{name}")
+
+    def _find(self, plural: str, name: str) -> dict[str, Any] | None:
+        for (resource, namespace, object_name), obj in self.emulator.objects.items():
+            if resource.plural == plural and namespace == NAMESPACE and object_name == name and not obj.deleted:
+                return dict(obj.raw)
+        return None
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        return self._find("unlearningjobs", name)
+
+    def status(self, name: str) -> dict[str, Any]:
+        return (self.get(name) or {}).get("status") or {}
+
+    def condition(self, name: str, type_: str) -> dict[str, Any] | None:
+        return next((c for c in self.status(name).get("conditions", []) if c["type"] == type_), None)
+
+    def children(self, plural: str) -> list[dict[str, Any]]:
+        return [
+            dict(obj.raw) for key, obj in self.emulator.objects.items() if key[0].plural == plural and not obj.deleted
+        ]
+
+    def job(self, name: str) -> dict[str, Any] | None:
+        return self._find("jobs", name)
+
+    async def set_job_status(self, name: str, status: dict[str, Any]) -> None:
+        """Play the Job controller."""
+        path = f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/{name}/status"
+        await self._request("PATCH", path, {"status": status}, "application/merge-patch+json")
+
+    async def add_pod(self, job: str, index: int, terminated: dict[str, Any] | None = None) -> None:
+        """Play the kubelet: a pod of `job`, optionally with a terminated trainer container."""
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": f"{job}-{index}-abcde",
+                "namespace": NAMESPACE,
+                "labels": {"batch.kubernetes.io/job-name": job, "batch.kubernetes.io/job-completion-index": str(index)},
+            },
+            "spec": {"containers": [{"name": "trainer", "image": "trainer"}]},
+        }
+        await self._request("POST", f"/api/v1/namespaces/{NAMESPACE}/pods", pod)
+        if terminated is not None:
+            status = {"containerStatuses": [{"name": "trainer", "state": {"terminated": terminated}}]}
+            await self._request(
+                "PATCH",
+                f"/api/v1/namespaces/{NAMESPACE}/pods/{job}-{index}-abcde/status",
+                {"status": status},
+                "application/merge-patch+json",
+            )
+
+    def events(self, reason: str | None = None) -> list[dict[str, Any]]:
+        found = self.children("events")
+        return [e for e in found if reason is None or e.get("reason") == reason]
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+    """Poll until `check()` is truthy (the operator reacts asynchronously)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
