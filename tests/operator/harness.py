@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timezone
 from typing import Any
 
+import aiohttp
 import attrs
 import jsonpatch
 import kmock
@@ -126,8 +127,12 @@ class Cluster:
         self.emulator = emulator
 
     async def _request(self, method: str, path: str, body: Any = None, content_type: str = "application/json") -> Any:
-        headers = {"Content-Type": content_type}
-        async with self.emulator.request(method, path, json=body, headers=headers) as response:
+        """A fresh HTTP session per call: stopping kopf cancels every task created after it started."""
+        url = str(self.emulator.url).rstrip("/") + path
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(method, url, json=body, headers={"Content-Type": content_type}) as response,
+        ):
             if response.status >= 400:
                 raise AssertionError(f"{method} {path}: {response.status} {await response.text()}")
             return await response.json(content_type=None)

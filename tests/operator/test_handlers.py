@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -14,6 +15,7 @@ from tests.operator.harness import (
     job_document,
     running_operator,
 )
+from unlearning_operator.settings import Settings
 
 pytestmark = pytest.mark.kmock(cls=VersionedEmulator)
 
@@ -72,3 +74,139 @@ async def test_invalid_spec_sets_failed_invalid_and_creates_nothing(cluster, kmo
     assert cluster.status("bad")["phase"] == "Failed"
     assert not cluster.children("jobs") and not cluster.children("services") and not cluster.children("configmaps")
     assert cluster.events("InvalidSpec")
+
+
+async def _fail_attempt(cluster: Cluster, job: str, exit_code: int, message: dict | str) -> None:
+    text = json.dumps(message) if isinstance(message, dict) else message
+    await cluster.add_pod(job, 0, {"exitCode": exit_code, "reason": "Error", "message": text})
+    await cluster.set_job_status(
+        job, {"failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}]}
+    )
+
+
+async def test_pod_failure_restarts_the_whole_group_then_succeeds(cluster, kmock):
+    async with running_operator(kmock):
+        await cluster.apply(job_document("retry", runPolicy={"backoffLimit": 2}))
+        await _created(cluster, "retry")
+        await _fail_attempt(cluster, "retry-r0", 1, {"reason": "TrainerError", "message": "CUDA error: device lost"})
+        second = await eventually(lambda: cluster.job("retry-r1"), what="the second attempt")
+        assert cluster.job("retry-r0") is None, "the failed attempt's Job must be deleted"
+        status = cluster.status("retry")
+        assert status["restarts"] == 1 and status["jobName"] == "retry-r1"
+        assert "device lost" in cluster.condition("retry", "Running")["message"]
+        assert second["spec"]["template"]["metadata"]["labels"]["unlearning.dev/attempt"] == "1"
+        await cluster.add_pod("retry-r1", 0, {"exitCode": 0, "reason": "Completed", "message": '{"step": 100}'})
+        await cluster.set_job_status(
+            "retry-r1", {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
+        )
+        await eventually(lambda: cluster.status("retry").get("phase") == "Succeeded", what="Succeeded")
+    assert cluster.events("Restarting")
+
+
+async def test_permanent_failure_reports_the_trainer_reason_without_retrying(cluster, kmock):
+    async with running_operator(kmock):
+        await cluster.apply(job_document("nodata"))
+        await _created(cluster, "nodata")
+        message = {"reason": "DataError", "message": "spec.data.forget.uri: s3://datasets/forget/ holds no objects"}
+        await _fail_attempt(cluster, "nodata-r0", 3, message)
+        await eventually(lambda: cluster.status("nodata").get("phase") == "Failed", what="Failed")
+    status = cluster.status("nodata")
+    assert status["reason"] == "DataError" and "holds no objects" in status["message"]
+    assert status["failure"] == {"exitCode": 3, "reason": "DataError", "message": message["message"]}
+    assert status["restarts"] == 0 and cluster.job("nodata-r1") is None
+    assert cluster.events("Failed")
+
+
+async def test_crash_before_the_trainer_wrote_a_summary_uses_the_log_tail(cluster, kmock):
+    async with running_operator(kmock):
+        await cluster.apply(job_document("crash", runPolicy={"backoffLimit": 0}))
+        await _created(cluster, "crash")
+        await _fail_attempt(cluster, "crash-r0", 137, "Traceback ...\nRuntimeError: NCCL timeout in allreduce")
+        await eventually(lambda: cluster.status("crash").get("phase") == "Failed", what="Failed")
+    status = cluster.status("crash")
+    assert status["reason"] == "BackoffLimitExceeded"
+    assert status["failure"]["reason"] == "NCCLTimeout" and status["failure"]["exitCode"] == 137
+
+
+async def test_backoff_limit_is_enforced(cluster, kmock):
+    async with running_operator(kmock):
+        await cluster.apply(job_document("flaky", runPolicy={"backoffLimit": 1}))
+        await _created(cluster, "flaky")
+        await _fail_attempt(cluster, "flaky-r0", 1, {"reason": "TrainerError", "message": "boom 1"})
+        await eventually(lambda: cluster.job("flaky-r1"), what="the second attempt")
+        await _fail_attempt(cluster, "flaky-r1", 1, {"reason": "TrainerError", "message": "boom 2"})
+        await eventually(lambda: cluster.status("flaky").get("phase") == "Failed", what="Failed")
+    status = cluster.status("flaky")
+    assert status["reason"] == "BackoffLimitExceeded" and "boom 2" in status["message"]
+    assert cluster.job("flaky-r2") is None
+
+
+async def test_suspend_and_resume(cluster, kmock):
+    async with running_operator(kmock):
+        await cluster.apply(job_document("pause"))
+        await _created(cluster, "pause")
+        await cluster.patch_job_resource("pause", {"spec": {"runPolicy": {"suspend": True}}})
+        await eventually(lambda: (cluster.job("pause-r0") or {}).get("spec", {}).get("suspend") is True, what="suspend")
+        await eventually(lambda: cluster.status("pause").get("phase") == "Suspended", what="Suspended")
+        await cluster.patch_job_resource("pause", {"spec": {"runPolicy": {"suspend": False}}})
+        await eventually(lambda: cluster.job("pause-r0")["spec"]["suspend"] is False, what="resume")
+        await eventually(lambda: cluster.condition("pause", "Suspended")["status"] == "False", what="resumed")
+        await cluster.set_job_status("pause-r0", {"active": 1})
+        await eventually(lambda: cluster.status("pause").get("phase") == "Running", what="Running again")
+
+
+async def test_a_job_created_suspended_starts_suspended(cluster, kmock):
+    async with running_operator(kmock):
+        await cluster.apply(job_document("later", runPolicy={"suspend": True}))
+        job = await _created(cluster, "later")
+        assert job["spec"]["suspend"] is True
+        await eventually(lambda: cluster.status("later").get("phase") == "Suspended", what="Suspended")
+
+
+async def test_delete_releases_the_resource_and_children_are_owned(cluster, kmock):
+    async with running_operator(kmock):
+        await cluster.apply(job_document("gone"))
+        await _created(cluster, "gone")
+        uid = cluster.get("gone")["metadata"]["uid"]
+        await cluster.delete("gone")
+        await eventually(lambda: cluster.get("gone") is None, what="deletion")
+    for plural in ("jobs", "services", "configmaps"):
+        (child,) = cluster.children(plural)
+        (reference,) = child["metadata"]["ownerReferences"]
+        assert reference["uid"] == uid and reference["controller"] and reference["blockOwnerDeletion"]
+
+
+async def test_operator_restart_mid_job_creates_no_duplicates(cluster, kmock):
+    async with running_operator(kmock):
+        await cluster.apply(job_document("steady"))
+        await _created(cluster, "steady")
+        await cluster.set_job_status("steady-r0", {"active": 1})
+        await eventually(lambda: cluster.status("steady").get("phase") == "Running", what="Running")
+    async with running_operator(kmock):
+        await asyncio.sleep(1.0)
+        assert [j["metadata"]["name"] for j in cluster.children("jobs")] == ["steady-r0"]
+        assert len(cluster.children("services")) == 1 and len(cluster.children("configmaps")) == 1
+        assert cluster.status("steady")["phase"] == "Running" and cluster.status("steady")["restarts"] == 0
+        await cluster.add_pod("steady-r0", 0, {"exitCode": 0, "reason": "Completed", "message": "{}"})
+        await cluster.set_job_status(
+            "steady-r0", {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
+        )
+        await eventually(lambda: cluster.status("steady").get("phase") == "Succeeded", what="Succeeded")
+
+
+async def test_fifty_jobs_at_once(cluster, kmock):
+    names = [f"bulk-{index:02d}" for index in range(50)]
+    async with running_operator(kmock, Settings(progress_poll_seconds=60)):
+        await asyncio.gather(*(cluster.apply(job_document(name)) for name in names))
+        await eventually(lambda: all(cluster.condition(n, "Created") for n in names), timeout=60, what="50 jobs")
+    jobs = sorted(j["metadata"]["name"] for j in cluster.children("jobs"))
+    assert jobs == [f"{name}-r0" for name in names]
+
+
+async def test_kueue_queue_label_is_passed_to_the_job(cluster, kmock):
+    document = job_document("queued")
+    document["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "gpu-queue"}
+    async with running_operator(kmock):
+        await cluster.apply(document)
+        job = await _created(cluster, "queued")
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
