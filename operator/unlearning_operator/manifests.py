@@ -233,7 +233,7 @@ def build_job(
                     "action": "FailJob",
                     "onExitCodes": {"containerName": "trainer", "operator": "In", "values": PERMANENT_EXIT_CODES},
                 },
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
             ]
         },
         "template": {

@@ -210,3 +210,28 @@ async def test_kueue_queue_label_is_passed_to_the_job(cluster, kmock):
         await cluster.apply(document)
         job = await _created(cluster, "queued")
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+
+
+async def test_mlflow_run_progress_and_end_are_tracked(cluster, kmock, mlflow_server):
+    from mlflow import MlflowClient
+
+    settings = Settings(progress_poll_seconds=0.3, mlflow_tracking_uri=mlflow_server.url)
+    async with running_operator(kmock, settings):
+        await cluster.apply(job_document("tracked", tracking={"experiment": "operator-progress"}))
+        job = await _created(cluster, "tracked")
+        run = cluster.status("tracked")["mlflow"]
+        assert run["runUrl"].endswith(f"/runs/{run['runId']}")
+        env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["MLFLOW_RUN_ID"] == run["runId"] and env["MLFLOW_TRACKING_URI"] == mlflow_server.url
+        await cluster.set_job_status("tracked-r0", {"active": 1})
+        await eventually(lambda: cluster.status("tracked").get("phase") == "Running", what="Running")
+        client = MlflowClient(mlflow_server.url)
+        client.log_metric(run["runId"], "progress/step", 40, step=40)
+        await eventually(lambda: cluster.status("tracked")["progress"]["percent"] == 40, what="progress 40%")
+        await cluster.add_pod("tracked-r0", 0, {"exitCode": 0, "reason": "Completed", "message": '{"step": 100}'})
+        await cluster.set_job_status(
+            "tracked-r0", {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
+        )
+        await eventually(lambda: cluster.status("tracked").get("phase") == "Succeeded", what="Succeeded")
+    assert client.get_run(run["runId"]).info.status == "FINISHED"
+    assert client.get_run(run["runId"]).data.tags["unlearning.dev/job"] == "tracked"

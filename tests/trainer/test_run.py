@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -125,3 +126,25 @@ def test_pickle_checkpoints_are_refused(workspace, job_document):
 def test_a_folder_that_is_not_a_pipeline(workspace, job_document):
     job_document["spec"]["model"]["uri"] = "retain"
     _expect_data_error(workspace, job_document, "spec.model.uri", "model_index.json")
+
+
+def test_termination_message_for_the_operator(workspace, job_document, tmp_path):
+    message = tmp_path / "termination-log"
+    job = write_job(workspace, job_document)
+    env = {**os.environ, "UNLEARNING_TERMINATION_LOG": str(message)}
+    subprocess.run(
+        [sys.executable, "-m", "unlearning_trainer.cli", "run", str(job), "--no-progress"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    assert json.loads(message.read_text()) == {"reason": "Succeeded", "message": "succeeded after 4 steps", "step": 4}
+    job_document["spec"]["data"]["forget"]["uri"] = "nowhere"
+    job = write_job(workspace, job_document, "bad.yaml")
+    failed = subprocess.run(
+        [sys.executable, "-m", "unlearning_trainer.cli", "run", str(job)], env=env, capture_output=True, timeout=300
+    )
+    assert failed.returncode == 3
+    summary = json.loads(message.read_text())
+    assert summary["reason"] == "DataError" and "spec.data.forget.uri" in summary["message"]

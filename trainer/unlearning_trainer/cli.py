@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from unlearning_trainer import __version__, logs
+from unlearning_trainer import __version__, logs, termination
 from unlearning_trainer.errors import SpecError, UnlearningError
 from unlearning_trainer.spec import METHODS, dump_job, load_job
 
@@ -30,7 +30,23 @@ def _run(args: argparse.Namespace) -> int:
     from unlearning_trainer.runner import resolve_local_uris, run_job
 
     job = resolve_local_uris(load_job(args.job), Path(args.job).resolve().parent)
-    result = run_job(job, show_progress=not args.no_progress)
+    try:
+        result = run_job(job, show_progress=not args.no_progress)
+    except UnlearningError as exc:
+        termination.write({"reason": exc.reason, "message": str(exc)})
+        raise
+    except Exception as exc:
+        termination.write({"reason": "TrainerError", "message": f"{type(exc).__name__}: {exc}"})
+        raise
+    tracking = result.metrics.get("tracking") or {}
+    termination.write(
+        {
+            "reason": "Succeeded" if result.metrics["status"] == "succeeded" else "Interrupted",
+            "message": f"{result.metrics['status']} after {result.metrics['steps']} steps",
+            "step": result.metrics["steps"],
+            "runId": tracking.get("runId"),
+        }
+    )
     after = result.metrics.get("after") or {}
     sys.stdout.write(
         f"{result.metrics['status']}: {result.metrics['steps']} steps; unlearned pipeline and metrics.json in "

@@ -175,7 +175,8 @@ def train(
             stats = stepper(step, _micro_batches(spec, adapter, data, samplers, unet, accelerator, step))
             state.step = step + 1
             if main:
-                tracker.log_metrics({f"train/{key}": value for key, value in stats.items()}, step=state.step)
+                metrics = {f"train/{key}": value for key, value in stats.items()}
+                tracker.log_metrics(metrics | {"progress/step": float(state.step)}, step=state.step)
                 bar.update(1)
                 bar.set_postfix(loss_keep=stats.get("loss_keep"), loss_forget=stats.get("loss_forget"), refresh=False)
             if on_progress is not None:

@@ -1,0 +1,170 @@
+"""The CRD is generated from the spec model, its CEL rules do what they say, and the children validate."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import celpy
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from unlearning_operator import crd, manifests
+from unlearning_operator.settings import Settings
+from unlearning_trainer.spec import parse_job
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "unlearningjob.yaml"
+K8S_VERSION = "1.33.0"
+
+
+def test_crd_files_match_the_spec_model():
+    assert crd.main(["--check"]) == 0, "run: python -m unlearning_operator.crd"
+
+
+def test_crd_drift_is_detected(tmp_path, monkeypatch):
+    stale = tmp_path / "crd.yaml"
+    stale.write_text(crd.render().replace("maximum: 1.0", "maximum: 2.0"))
+    monkeypatch.setattr(crd, "CRD_PATHS", (stale,))
+    assert crd.main(["--check"]) == 1
+
+
+def _json_schema(node: Any) -> Any:
+    """OpenAPI v3.0 → JSON Schema draft 4: `nullable` becomes a null type."""
+    if isinstance(node, list):
+        return [_json_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    result = {k: _json_schema(v) for k, v in node.items() if not k.startswith("x-kubernetes") and k != "nullable"}
+    if node.get("nullable") and "type" in node:
+        result["type"] = [node["type"], "null"]
+    return result
+
+
+def _schema() -> dict[str, Any]:
+    return _json_schema(crd.build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+
+
+def test_example_validates_against_the_crd_schema():
+    jsonschema.Draft4Validator(_schema()).validate(yaml.safe_load(EXAMPLE.read_text()))
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [(("method", "name"), "forget-it"), (("method", "lambda"), 1.5), (("training", "steps"), 0), (("workers",), 0)],
+    ids=["method", "lambda", "steps", "workers"],
+)
+def test_crd_schema_rejects_what_the_model_rejects(path, value):
+    document = yaml.safe_load(EXAMPLE.read_text())
+    target = document["spec"]
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft4Validator(_schema()).validate(document)
+
+
+def _rules() -> dict[str, Any]:
+    schema = crd.build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return {
+        "root": schema["x-kubernetes-validations"],
+        "spec": schema["properties"]["spec"]["x-kubernetes-validations"],
+    }
+
+
+def _evaluate(rule: str, new: Any, old: Any = None) -> bool:
+    environment = celpy.Environment()
+    activation = {"self": celpy.json_to_cel(new)}
+    if old is not None:
+        activation["oldSelf"] = celpy.json_to_cel(old)
+    return bool(environment.program(environment.compile(rule)).evaluate(activation))
+
+
+def _resolved_example() -> dict[str, Any]:
+    document = parse_job(yaml.safe_load(EXAMPLE.read_text()))
+    return {
+        "metadata": {"name": document.metadata.name},
+        "spec": document.model_dump(mode="json", by_alias=True)["spec"],
+    }
+
+
+def test_spec_is_immutable_once_started_except_suspend():
+    rule = _rules()["root"][1]["rule"]
+    old = _resolved_example()
+    started = copy.deepcopy(old) | {"status": {"startTime": "2026-12-01T00:00:00Z"}}
+    changed = copy.deepcopy(started)
+    changed["spec"]["training"]["steps"] = 999
+    suspended = copy.deepcopy(started)
+    suspended["spec"]["runPolicy"]["suspend"] = True
+    assert _evaluate(rule, changed, old), "before the start every change is allowed"
+    assert not _evaluate(rule, changed, started)
+    assert _evaluate(rule, suspended, started)
+    removed = copy.deepcopy(started)
+    del removed["spec"]["tracking"]
+    assert not _evaluate(rule, removed, started), "removing an optional section is a change too"
+
+
+def test_name_length_and_cross_field_rules():
+    name_rule = _rules()["root"][0]["rule"]
+    assert _evaluate(name_rule, {"metadata": {"name": "a" * 50}})
+    assert not _evaluate(name_rule, {"metadata": {"name": "a" * 51}})
+    output_rule, batch_rule = (r["rule"] for r in _rules()["spec"])
+    spec = _resolved_example()["spec"]
+    assert _evaluate(output_rule, spec) and _evaluate(batch_rule, spec)
+    assert not _evaluate(output_rule, spec | {"output": {"uri": spec["model"]["uri"]}})
+    assert not _evaluate(batch_rule, spec | {"workers": 3})
+
+
+@pytest.fixture
+def children() -> list[dict[str, Any]]:
+    job = parse_job(yaml.safe_load(EXAMPLE.read_text()))
+    owner = manifests.Owner(name="forget-request-42", namespace="ml", uid="u-1", labels={})
+    settings = Settings()
+    return [
+        manifests.build_configmap(owner, job.spec, settings),
+        manifests.build_service(owner, settings),
+        manifests.build_job(
+            owner, job.spec, settings, attempt=0, mlflow_env={"MLFLOW_RUN_ID": "r"}, active_deadline_seconds=60
+        ),
+    ]
+
+
+def test_children_validate_against_the_kubernetes_schemas(children):
+    for child in children:
+        kubernetes_validate.validate(child, K8S_VERSION, strict=True)
+
+
+def test_trainer_pods_are_locked_down(children):
+    pod = children[2]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert pod["automountServiceAccountToken"] is False and pod["serviceAccountName"] == "unlearning-trainer"
+    assert (
+        pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    )
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    env = {e["name"]: e for e in container["env"]}
+    assert "value" not in env["AWS_SECRET_ACCESS_KEY"] and env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert (
+        children[0]["data"]["job.yaml"].count("secret") == 0 or "credentialsSecret" in children[0]["data"]["job.yaml"]
+    )
+
+
+def test_resolved_spec_gets_the_operator_defaults():
+    job = parse_job(yaml.safe_load(EXAMPLE.read_text()))
+    settings = Settings(s3_endpoint="http://minio:9000", mlflow_tracking_uri="http://mlflow:5000")
+    resolved = manifests.resolved_spec(job.spec, settings)
+    assert resolved.storage.endpoint == "http://minio:9000"
+    assert resolved.tracking.mlflow_tracking_uri == "http://mlflow:5000"
+
+
+def test_settings_read_the_environment():
+    settings = Settings.from_env({"UNLEARNING_GPUS_PER_WORKER": "0", "UNLEARNING_TRAINER_IMAGE": "img:1"})
+    assert settings.gpus_per_worker == 0 and settings.trainer_image == "img:1"
