@@ -168,3 +168,9 @@ def test_resolved_spec_gets_the_operator_defaults():
 def test_settings_read_the_environment():
     settings = Settings.from_env({"UNLEARNING_GPUS_PER_WORKER": "0", "UNLEARNING_TRAINER_IMAGE": "img:1"})
     assert settings.gpus_per_worker == 0 and settings.trainer_image == "img:1"
+
+
+def test_field_reference_matches_the_spec_model():
+    from unlearning_operator import reference
+
+    assert reference.main(["--check"]) == 0, "run: python -m unlearning_operator.reference"
