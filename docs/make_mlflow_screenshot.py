@@ -59,7 +59,7 @@ def main() -> None:
                     "--disable-component-update",
                     "--disable-sync",
                     f"--user-data-dir={root / 'chrome'}",
-                    "--window-size=1600,1300",
+                    "--window-size=1500,4600",
                     "--virtual-time-budget=20000",
                     "--hide-scrollbars",
                     f"--screenshot={OUT}",
