@@ -43,7 +43,11 @@ def _s3_job(job_document, uris: dict[str, str], endpoint: str, tracking_uri: str
     spec["storage"] = {"endpoint": endpoint, "credentialsSecret": "s3-credentials"}
     spec["audit"] = {"requestId": "GDPR-2026-0042"}
     if tracking_uri:
-        spec["tracking"] = {"mlflowTrackingUri": tracking_uri, "experiment": "s3-e2e"}
+        spec["tracking"] = {
+            "mlflowTrackingUri": tracking_uri,
+            "experiment": "s3-e2e",
+            "registeredModel": {"name": "ddpm-digits-unlearned", "alias": "gdpr-42"},
+        }
     return job_document
 
 
@@ -91,6 +95,9 @@ def test_s3_job_end_to_end_with_mlflow(s3_scenario, s3_server, mlflow_server, jo
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"metrics.json", "audit.json", "samples"} <= artifacts
     assert len(client.list_artifacts(run.info.run_id, "samples")) == 3
+
+    version = client.get_model_version_by_alias("ddpm-digits-unlearned", "gdpr-42")
+    assert version.source == s3_scenario["output"] and version.run_id == run.info.run_id
 
     report = _unlearn(["report", s3_scenario["output"], "--endpoint", s3_server.endpoint], s3_server.env(), tmp_path)
     assert report.returncode == 0, report.stderr

@@ -14,7 +14,6 @@ from unlearning_trainer.models.adapter import DiffusionAdapter
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"}
 PIXEL_PIPELINES = {"DDPMPipeline", "DDIMPipeline"}
-LATENT_PIPELINES = {"StableDiffusionPipeline"}
 
 
 def read_pipeline_class(folder: Path) -> str:
@@ -43,7 +42,11 @@ def check_no_pickles(folder: Path) -> None:
 
 
 def load_adapter(folder: Path) -> DiffusionAdapter:
-    """Build the adapter for the pipeline in `folder` (pixel DDPM/DDIM or Stable Diffusion)."""
+    """Build the adapter for the pipeline in `folder`.
+
+    Only pixel-space DDPM/DDIM pipelines have an adapter so far; a latent, text-conditioned adapter
+    (UNet2DConditionModel with a frozen VAE and text encoder) implements the same `DiffusionAdapter` interface.
+    """
     pipeline_class = read_pipeline_class(folder)
     check_no_pickles(folder)
     if pipeline_class in PIXEL_PIPELINES:
@@ -54,9 +57,5 @@ def load_adapter(folder: Path) -> DiffusionAdapter:
         unet = UNet2DModel.from_pretrained(folder / "unet", use_safetensors=True)
         scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
         return PixelAdapter(unet, scheduler)
-    if pipeline_class in LATENT_PIPELINES:
-        from unlearning_trainer.models.latent import load_latent_adapter
-
-        return load_latent_adapter(folder)
-    supported = ", ".join(sorted(PIXEL_PIPELINES | LATENT_PIPELINES))
+    supported = ", ".join(sorted(PIXEL_PIPELINES))
     raise DataError(f"spec.model.uri: pipeline class {pipeline_class!r} is not supported. Fix: use one of {supported}.")
