@@ -211,7 +211,7 @@ def plot(runs: list[dict[str, Any]], references: list[dict[str, Any]], path: Pat
                 markersize=12,
                 color="black" if marker == "s" else "gold",
                 markeredgecolor="black",
-                label=f"{reference['label']} (no unlearning)",
+                label={"base": "untouched base model", "oracle": "retrain oracle"}[reference["label"]],
             )
         axis.set_xlabel(x_label)
         axis.set_ylabel("Fréchet distance in classifier features (log; lower = better quality)")
