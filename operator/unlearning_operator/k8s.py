@@ -20,10 +20,12 @@ class OwnershipError(Exception):
 
 
 class Kubernetes:
-    def __init__(self, api_client: kubernetes.client.ApiClient) -> None:
+    def __init__(self, api_client: kubernetes.client.ApiClient, *, timeout_seconds: float = 30.0) -> None:
         self.core = kubernetes.client.CoreV1Api(api_client)
         self.batch = kubernetes.client.BatchV1Api(api_client)
         self.custom = kubernetes.client.CustomObjectsApi(api_client)
+        self.timeout = (min(5.0, timeout_seconds), timeout_seconds)
+        """(connect, read) timeout of every call: a handler never hangs on a dead connection."""
 
     @classmethod
     def from_environment(cls) -> Kubernetes:
@@ -45,7 +47,7 @@ class Kubernetes:
             "ConfigMap": self.core.read_namespaced_config_map,
         }
         try:
-            return self._data(readers[kind](name, namespace, _preload_content=False))
+            return self._data(readers[kind](name, namespace, _preload_content=False, _request_timeout=self.timeout))
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -60,7 +62,9 @@ class Kubernetes:
         }
         meta = body["metadata"]
         try:
-            return self._data(creators[body["kind"]](meta["namespace"], body, _preload_content=False)), True
+            return self._data(
+                creators[body["kind"]](meta["namespace"], body, _preload_content=False, _request_timeout=self.timeout)
+            ), True
         except ApiException as exc:
             if exc.status != 409:
                 raise
@@ -75,19 +79,25 @@ class Kubernetes:
         return self._read("Job", namespace, name)
 
     def patch_job(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
-        self.batch.patch_namespaced_job(name, namespace, patch)
+        self.batch.patch_namespaced_job(name, namespace, patch, _request_timeout=self.timeout)
 
     def delete_job(self, namespace: str, name: str) -> None:
         """Delete a Job and (through background propagation) its pods; a missing Job is fine."""
         try:
-            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+            self.batch.delete_namespaced_job(
+                name, namespace, propagation_policy="Background", _request_timeout=self.timeout
+            )
         except ApiException as exc:
             if exc.status != 404:
                 raise
 
     def list_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
         selector = f"batch.kubernetes.io/job-name={job_name}"
-        pods = self._data(self.core.list_namespaced_pod(namespace, label_selector=selector, _preload_content=False))
+        pods = self._data(
+            self.core.list_namespaced_pod(
+                namespace, label_selector=selector, _preload_content=False, _request_timeout=self.timeout
+            )
+        )
         return [
             pod
             for pod in pods.get("items", [])
@@ -98,7 +108,7 @@ class Kubernetes:
         try:
             return self._data(
                 self.custom.get_namespaced_custom_object(
-                    GROUP, VERSION, namespace, PLURAL, name, _preload_content=False
+                    GROUP, VERSION, namespace, PLURAL, name, _preload_content=False, _request_timeout=self.timeout
                 )
             )
         except ApiException as exc:
@@ -107,4 +117,6 @@ class Kubernetes:
             raise
 
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": status})
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, name, {"status": status}, _request_timeout=self.timeout
+        )
