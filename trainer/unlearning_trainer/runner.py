@@ -129,7 +129,7 @@ def run_job(
 
     output_storage = storage_for(spec.output.uri, endpoint=endpoint)
     workdir = output_storage.workdir(spec.output.uri)
-    accelerator = Accelerator()
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
     if not main:
         tracker = NullTracker()
@@ -189,6 +189,7 @@ def run_job(
             "status": "interrupted" if result.interrupted else "succeeded",
             "steps": result.steps,
             "resumedFrom": result.resumed_from,
+            "processes": accelerator.num_processes,
             "seconds": time.perf_counter() - started,
             "samplingForm": SAMPLING_FORM,
             "data": {"forget": len(forget), "forgetUnique": len(forget.unique()), "retain": len(retain)},
