@@ -11,6 +11,9 @@ from unlearning_trainer import __version__, logs, termination
 from unlearning_trainer.errors import SpecError, UnlearningError
 from unlearning_trainer.spec import METHODS, dump_job, load_job
 
+INTERRUPTED_EXIT_CODE = 143
+"""128 + SIGTERM: a preempted trainer must not look like a finished one to the Job controller."""
+
 
 def _validate(args: argparse.Namespace) -> int:
     job = load_job(args.job)
@@ -47,6 +50,9 @@ def _run(args: argparse.Namespace) -> int:
             "runId": tracking.get("runId"),
         }
     )
+    if result.metrics["status"] == "interrupted":
+        sys.stdout.write(f"interrupted at step {result.metrics['steps']}; checkpoint saved, rerun to resume\n")
+        return INTERRUPTED_EXIT_CODE
     after = result.metrics.get("after") or {}
     sys.stdout.write(
         f"{result.metrics['status']}: {result.metrics['steps']} steps; unlearned pipeline and metrics.json in "

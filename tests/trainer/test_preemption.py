@@ -1,0 +1,85 @@
+"""Checkpoint and resume: SIGKILL loses at most `checkpointEvery` steps; SIGTERM checkpoints before exiting."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write_job
+
+CHECKPOINT_EVERY = 5
+STEPS = 60
+
+
+@pytest.fixture
+def long_job(scenario: Path, tmp_path: Path, job_document) -> Path:
+    for name in ("model", "forget", "retain"):
+        shutil.copytree(scenario / name, tmp_path / name)
+    job_document["spec"]["training"].update({"steps": STEPS, "checkpointEvery": CHECKPOINT_EVERY})
+    job_document["spec"]["evaluation"]["every"] = STEPS
+    return write_job(tmp_path, job_document)
+
+
+def _start(job: Path) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "unlearning_trainer.cli", "--verbose", "run", str(job), "--no-progress"]
+    return subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def _run_until_checkpoint(process: subprocess.Popen[str], step: int) -> list[str]:
+    lines = []
+    for line in process.stderr:
+        lines.append(line)
+        if f"checkpoint saved at step {step}" in line:
+            return lines
+    raise AssertionError("the trainer ended before checkpointing:\n" + "".join(lines[-20:]))
+
+
+def _last_step(lines: list[str]) -> int:
+    steps = [int(m.group(1)) for line in lines if (m := re.search(r"step=(\d+) train/", line))]
+    return max(steps)
+
+
+def _resume(job: Path) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-m", "unlearning_trainer.cli", "run", str(job), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads((job.parent / "out" / "metrics.json").read_text())
+
+
+def test_resume_after_sigkill_loses_at_most_checkpoint_every_steps(long_job):
+    process = _start(long_job)
+    lines = _run_until_checkpoint(process, 2 * CHECKPOINT_EVERY)
+    for _ in range(3):
+        lines.append(process.stderr.readline())
+    process.send_signal(signal.SIGKILL)
+    _, remaining = process.communicate(timeout=60)
+    lines.extend(remaining.splitlines())
+    reached = _last_step(lines)
+    metrics = _resume(long_job)
+    assert reached - CHECKPOINT_EVERY <= metrics["resumedFrom"] <= reached
+    assert metrics["status"] == "succeeded" and metrics["steps"] == STEPS
+    assert [entry["step"] for entry in metrics["history"]] == [0, STEPS]
+
+
+def test_sigterm_checkpoints_the_current_step_and_exits_143(long_job):
+    process = _start(long_job)
+    lines = _run_until_checkpoint(process, CHECKPOINT_EVERY)
+    process.send_signal(signal.SIGTERM)
+    _, remaining = process.communicate(timeout=120)
+    lines.extend(remaining.splitlines())
+    assert process.returncode == 143
+    stopped = _last_step(lines)
+    checkpoints = sorted((long_job.parent / "out" / "checkpoints").iterdir())
+    assert checkpoints[-1].name == f"step-{stopped:06d}"
+    assert _resume(long_job)["resumedFrom"] == stopped
