@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -191,3 +192,23 @@ def test_mlflow_outage_does_not_fail_training(scenario, job_document, tmp_path, 
     written = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert written["tracking"]["errors"] > 0
     assert (tmp_path / "out" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_checkpoints_reach_the_store_and_a_new_machine_resumes_from_them(
+    s3_scenario, s3_server, job_document, tmp_path
+):
+    document = _s3_job(job_document, s3_scenario, s3_server.endpoint)
+    first = _unlearn(["run", str(write_job(tmp_path, document)), "--no-progress"], s3_server.env(), tmp_path)
+    assert first.returncode == 0, first.stderr
+    prefix = s3_scenario["output"].removeprefix("s3://outputs/") + "/checkpoints/"
+    keys = {
+        o["Key"][len(prefix) :] for o in s3_server.client().list_objects_v2(Bucket="outputs", Prefix=prefix)["Contents"]
+    }
+    assert {"step-000002/_MANIFEST.json", "step-000004/_MANIFEST.json", "step-000004/model.safetensors"} <= keys
+    shutil.rmtree(tmp_path / "cache")
+    document["spec"]["training"]["steps"] = 6
+    second = _unlearn(
+        ["run", str(write_job(tmp_path, document, "longer.yaml")), "--no-progress"], s3_server.env(), tmp_path
+    )
+    assert second.returncode == 0, second.stderr
+    assert "resuming from checkpoint at step 4 of 6" in second.stderr

@@ -17,7 +17,7 @@ from typing import Any
 
 from unlearning_trainer import __version__, audit
 from unlearning_trainer.spec import UnlearningJob, dump_job
-from unlearning_trainer.storage.base import storage_for
+from unlearning_trainer.storage.base import checkpoint_mirror_for, storage_for
 from unlearning_trainer.tracking.base import FanOutTracker, LogTracker, NullTracker, Tracker
 
 logger = logging.getLogger("unlearning_trainer.runner")
@@ -182,6 +182,7 @@ def run_job(
             evaluator=evaluator,
             tracker=tracker,
             checkpoint_dir=workdir / "checkpoints",
+            checkpoint_mirror=checkpoint_mirror_for(spec.output.uri, endpoint=endpoint),
             on_progress=on_progress,
             show_progress=show_progress,
         )
@@ -190,6 +191,7 @@ def run_job(
             "steps": result.steps,
             "resumedFrom": result.resumed_from,
             "processes": accelerator.num_processes,
+            "trainSeconds": result.train_seconds,
             "seconds": time.perf_counter() - started,
             "samplingForm": SAMPLING_FORM,
             "data": {"forget": len(forget), "forgetUnique": len(forget.unique()), "retain": len(retain)},

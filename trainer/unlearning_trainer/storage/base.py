@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import shutil
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from unlearning_trainer.errors import DataError, SpecError
 
@@ -66,6 +66,15 @@ def _s3(endpoint: str | None) -> Storage:
     from unlearning_trainer.storage.s3 import S3Storage
 
     return S3Storage(endpoint)
+
+
+def checkpoint_mirror_for(uri: str, *, endpoint: str | None = None) -> Any:
+    """How checkpoints of the output at `uri` reach its store: None for local outputs (already there)."""
+    if not uri.startswith("s3://"):
+        return None
+    from unlearning_trainer.storage.s3 import S3CheckpointMirror
+
+    return S3CheckpointMirror(_s3(endpoint), uri)
 
 
 def storage_for(uri: str, *, endpoint: str | None = None) -> Storage:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -225,3 +226,43 @@ class S3Storage:
         location = S3Location.parse(uri)
         with self._errors(uri, field):
             return self.client.get_object(Bucket=location.bucket, Key=location.key)["Body"].read().decode()
+
+
+class S3CheckpointMirror:
+    """Checkpoints under `<output>/checkpoints/step-N/`, each published with its own manifest (complete or
+    invisible); only rank 0 pushes, every rank pulls before training."""
+
+    def __init__(self, storage: S3Storage, output_uri: str) -> None:
+        self.storage = storage
+        self.root = output_uri.rstrip("/") + "/checkpoints"
+
+    def _complete_steps(self) -> list[int]:
+        location = S3Location.parse(self.root)
+        with self.storage._errors(self.root, "spec.output.uri"):
+            objects = self.storage._list(location)
+        prefix = location.key + "/"
+        steps = set()
+        for obj in objects:
+            parts = obj["Key"][len(prefix) :].split("/")
+            if len(parts) == 2 and parts[1] == MANIFEST and parts[0].startswith("step-"):
+                steps.add(int(parts[0].removeprefix("step-")))
+        return sorted(steps)
+
+    def push(self, folder: Path, *, keep: int) -> None:
+        self.storage.publish(folder, f"{self.root}/{folder.name}", exclude=())
+        location = S3Location.parse(self.root)
+        for step in self._complete_steps()[:-keep]:
+            old = f"{location.key}/step-{step:06d}/"
+            with self.storage._errors(self.root, "spec.output.uri"):
+                for obj in self.storage._list(S3Location(location.bucket, old.rstrip("/"))):
+                    self.storage.client.delete_object(Bucket=location.bucket, Key=obj["Key"])
+
+    def pull(self, root: Path) -> None:
+        steps = self._complete_steps()
+        if not steps:
+            return
+        name = f"step-{steps[-1]:06d}"
+        cached = self.storage.fetch(f"{self.root}/{name}", field="spec.output.uri")
+        target = root / name
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(cached, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.s3meta", "*.part"))

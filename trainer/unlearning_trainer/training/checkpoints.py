@@ -12,12 +12,25 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from safetensors.torch import load_file, save_file
 
 PATTERN = re.compile(r"^step-(\d+)$")
+
+
+class Mirror(Protocol):
+    """Copies checkpoints to and from the output store, so a new pod (or machine) resumes where the last one
+    stopped. Local outputs need none: the checkpoints already live next to the output."""
+
+    def push(self, folder: Path, *, keep: int) -> None:
+        """Upload one checkpoint folder and delete all but the newest `keep` in the store."""
+        ...
+
+    def pull(self, root: Path) -> None:
+        """Download the newest complete checkpoint in the store into `root`, if `root` has none."""
+        ...
 
 
 @dataclass

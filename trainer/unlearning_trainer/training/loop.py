@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,8 @@ class TrainingResult:
     resumed_from: int
     history: list[dict[str, Any]]
     interrupted: bool = False
+    train_seconds: float = 0.0
+    """Wall time inside optimizer steps only (no evaluation, no checkpoints)."""
 
 
 class _Preemption:
@@ -114,6 +117,7 @@ def train(
     evaluator: Evaluator | None,
     tracker: Tracker,
     checkpoint_dir: Path,
+    checkpoint_mirror: checkpoints.Mirror | None = None,
     on_progress: ProgressCallback | None = None,
     show_progress: bool = True,
 ) -> TrainingResult:
@@ -136,6 +140,9 @@ def train(
         max_grad_norm=training.max_grad_norm,
         refresh_every=spec.method.forget_norm_refresh_every,
     )
+    with accelerator.local_main_process_first():
+        if checkpoint_mirror is not None and not checkpoints.list_checkpoints(checkpoint_dir):
+            checkpoint_mirror.pull(checkpoint_dir)
     state = checkpoints.load_latest(checkpoint_dir, raw_unet, optimizer) or checkpoints.TrainingState()
     resumed_from = state.step
     stepper.cached_scale = state.cached_forget_scale
@@ -157,7 +164,9 @@ def train(
     def checkpoint() -> None:
         state.cached_forget_scale = stepper.cached_scale
         if main:
-            checkpoints.save(checkpoint_dir, raw_unet, optimizer, state, keep=training.checkpoints_to_keep)
+            folder = checkpoints.save(checkpoint_dir, raw_unet, optimizer, state, keep=training.checkpoints_to_keep)
+            if checkpoint_mirror is not None:
+                checkpoint_mirror.push(folder, keep=training.checkpoints_to_keep)
             logger.info("checkpoint saved at step %d", state.step)
         accelerator.wait_for_everyone()
 
@@ -170,9 +179,12 @@ def train(
         disable=not (main and show_progress),
     )
     interrupted = False
+    train_seconds = 0.0
     with _Preemption() as preemption:
         for step in range(resumed_from, training.steps):
+            started = time.perf_counter()
             stats = stepper(step, _micro_batches(spec, adapter, data, samplers, unet, accelerator, step))
+            train_seconds += time.perf_counter() - started
             state.step = step + 1
             if main:
                 metrics = {f"train/{key}": value for key, value in stats.items()}
@@ -190,7 +202,13 @@ def train(
                 interrupted = True
                 break
     bar.close()
-    return TrainingResult(steps=state.step, resumed_from=resumed_from, history=state.history, interrupted=interrupted)
+    return TrainingResult(
+        steps=state.step,
+        resumed_from=resumed_from,
+        history=state.history,
+        interrupted=interrupted,
+        train_seconds=train_seconds,
+    )
 
 
 def _stop_requested(accelerator: Accelerator, local: bool) -> bool:
