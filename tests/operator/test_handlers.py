@@ -10,7 +10,6 @@ import pytest
 from tests.operator.harness import (
     Cluster,
     VersionedEmulator,
-    declare_resources,
     eventually,
     job_document,
     running_operator,
@@ -18,12 +17,6 @@ from tests.operator.harness import (
 from unlearning_operator.settings import Settings
 
 pytestmark = pytest.mark.kmock(cls=VersionedEmulator)
-
-
-@pytest.fixture
-def cluster(kmock) -> Cluster:
-    declare_resources(kmock)
-    return Cluster(kmock)
 
 
 async def _created(cluster: Cluster, name: str) -> dict:

@@ -8,9 +8,7 @@ import json
 import pytest
 
 from tests.operator.harness import (
-    Cluster,
     VersionedEmulator,
-    declare_resources,
     eventually,
     job_document,
     running_operator,
@@ -70,9 +68,7 @@ def granted(documents) -> set[tuple[str, str, str]]:
     return {(g, res, v) for r in rules for g in r["apiGroups"] for res in r["resources"] for v in r["verbs"]}
 
 
-async def test_chart_grants_exactly_what_the_operator_uses(kmock):
-    declare_resources(kmock)
-    cluster = Cluster(kmock)
+async def test_chart_grants_exactly_what_the_operator_uses(cluster, kmock):
     async with running_operator(kmock):
         await cluster.apply(job_document("lifecycle", runPolicy={"backoffLimit": 1, "ttlSecondsAfterFinished": 60}))
         await eventually(lambda: cluster.job("lifecycle-r0"), what="Job")
