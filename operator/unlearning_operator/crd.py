@@ -137,9 +137,21 @@ def status_schema() -> dict[str, Any]:
                     "step": {"type": "integer"},
                     "totalSteps": {"type": "integer"},
                     "percent": {"type": "integer"},
+                    "resumedFrom": {
+                        "type": "integer",
+                        "description": "Step the current attempt resumed from (0: a fresh start).",
+                    },
                 },
             },
             "outputModelUri": {"type": "string"},
+            "audit": {
+                "type": "object",
+                "description": "The audit record published with the unlearned model.",
+                "properties": {
+                    "uri": {"type": "string"},
+                    "passed": {"type": "boolean", "description": "Whether every check of spec.audit passed."},
+                },
+            },
             "mlflow": {
                 "type": "object",
                 "properties": {

@@ -236,7 +236,11 @@ class Operator:
         total = spec.training.steps
         fields: dict[str, Any] = {"completionTime": conditions.now()}
         if succeeded:
-            fields["progress"] = {"step": seen.step or total, "totalSteps": total, "percent": 100}
+            resumed_from = seen.resumed_from
+            if resumed_from is None:
+                resumed_from = (status.get("progress") or {}).get("resumedFrom")
+            fields["progress"] = _progress(seen.step or total, total, resumed_from) | {"percent": 100}
+            fields["audit"] = {"uri": _audit_uri(spec), "passed": seen.audit_passed}
             updates = {
                 "Succeeded": (True, seen.reason, seen.message),
                 "Running": (False, "Completed", seen.message),
@@ -284,13 +288,18 @@ class Operator:
         mlflow = self.mlflow_for(spec)
         if mlflow is None:
             return
-        step = mlflow.progress(run_id)
-        if step is None or step == (status.get("progress") or {}).get("step"):
+        seen = mlflow.progress(run_id)
+        if seen is None:
             return
-        total = spec.training.steps
+        before = status.get("progress") or {}
+        progress = _progress(seen.step, spec.training.steps, seen.resumed_from)
+        if progress == before:
+            return
         meta = body["metadata"]
-        progress = {"step": step, "totalSteps": total, "percent": min(100, int(100 * step / total))}
         self.kube.patch_status(meta["namespace"], meta["name"], {"progress": progress})
+        if seen.resumed_from and seen.resumed_from != before.get("resumedFrom"):
+            message = f"attempt {int(status.get('restarts') or 0) + 1} resumed from the checkpoint at step "
+            kopf.info(body, reason="Resumed", message=f"{message}{seen.resumed_from}")
 
     def cleanup(self, body: dict[str, Any]) -> None:
         """Mark an unfinished MLflow run as killed; children go with the owner through garbage collection."""
@@ -304,6 +313,18 @@ class Operator:
                 mlflow.end(run_id, "KILLED")
         except Exception as exc:
             logger.warning("could not end MLflow run %s: %s", run_id, exc)
+
+
+def _progress(step: int, total: int, resumed_from: int | None) -> dict[str, int]:
+    """status.progress; `resumedFrom` appears once a trainer attempt has reported where it started."""
+    progress = {"step": step, "totalSteps": total, "percent": min(100, int(100 * step / total))}
+    if resumed_from is not None:
+        progress["resumedFrom"] = resumed_from
+    return progress
+
+
+def _audit_uri(spec: UnlearningJobSpec) -> str:
+    return f"{spec.output.uri.rstrip('/')}/audit.json"
 
 
 def _remaining_deadline(deadline: int | None, start_time: str | None) -> int | None:

@@ -4,11 +4,20 @@ reads the trainer's progress from it, and ends it. Only mlflow-skinny is needed;
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 logger = logging.getLogger("unlearning_operator.mlflow")
 
 PROGRESS_METRIC = "progress/step"
+RESUMED_METRIC = "progress/resumedFrom"
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int
+    resumed_from: int | None
+    """The step the current attempt started from, once its trainer logged it."""
 
 
 class MlflowRuns:
@@ -30,10 +39,14 @@ class MlflowRuns:
             "runUrl": f"{self.ui_url}/#/experiments/{experiment_id}/runs/{run_id}",
         }
 
-    def progress(self, run_id: str) -> int | None:
+    def progress(self, run_id: str) -> Progress | None:
+        """The latest step and resume point the trainer logged (the latest value of each metric)."""
         metrics: dict[str, Any] = self.client.get_run(run_id).data.metrics
-        value = metrics.get(PROGRESS_METRIC)
-        return None if value is None else int(value)
+        step, resumed = metrics.get(PROGRESS_METRIC), metrics.get(RESUMED_METRIC)
+        if step is None and resumed is None:
+            return None
+        resumed_from = None if resumed is None else int(resumed)
+        return Progress(step=max(int(step or 0), resumed_from or 0), resumed_from=resumed_from)
 
     def end(self, run_id: str, status: str) -> None:
         run = self.client.get_run(run_id)

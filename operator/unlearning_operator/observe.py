@@ -34,6 +34,8 @@ class Observation:
     """A failure that a retry cannot fix (invalid job, missing data, denied access)."""
     step: int | None = None
     run_id: str | None = None
+    resumed_from: int | None = None
+    audit_passed: bool | None = None
 
 
 def _condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
@@ -81,7 +83,8 @@ def pod_failure(pods: list[dict[str, Any]], permanent_codes: list[int]) -> tuple
 
 
 def _summary(pods: list[dict[str, Any]]) -> dict[str, Any]:
-    for pod in pods:
+    """The termination message of the first succeeded pod by name: index 0 holds rank 0, which has the most."""
+    for pod in sorted(pods, key=lambda pod: pod.get("metadata", {}).get("name", "")):
         terminated = _terminated(pod)
         if terminated and terminated.get("exitCode") == 0:
             return parse_termination_message(terminated.get("message"))
@@ -96,7 +99,13 @@ def observe(job: dict[str, Any] | None, pods: list[dict[str, Any]], permanent_co
     if _condition(job, "Complete") or _condition(job, "SuccessCriteriaMet"):
         summary = _summary(pods)
         return Observation(
-            "Succeeded", "JobSucceeded", "the trainer finished", step=summary.get("step"), run_id=summary.get("runId")
+            "Succeeded",
+            "JobSucceeded",
+            "the trainer finished",
+            step=summary.get("step"),
+            run_id=summary.get("runId"),
+            resumed_from=summary.get("resumedFrom"),
+            audit_passed=summary.get("auditPassed"),
         )
     failed = _condition(job, "Failed") or _condition(job, "FailureTarget")
     failure, permanent = pod_failure(pods, permanent_codes)

@@ -51,7 +51,10 @@ STATUS = """
 | `serviceName` | the headless Service for the torchrun rendezvous |
 | `progress.step`, `.totalSteps`, `.percent` | training progress, read from the MLflow run |
 | | (trainer pods have no API access) |
+| `progress.resumedFrom` | the checkpoint step the current attempt started from (0: a fresh start); a `Resumed` |
+| | event marks each resume |
 | `outputModelUri` | where the unlearned pipeline is published |
+| `audit.uri`, `.passed` | the audit record published with the model, and whether every `spec.audit` check passed |
 | `mlflow.experimentId`, `.runId`, `.runUrl` | the MLflow run the operator created for the job |
 | `failure.exitCode`, `.reason`, `.message` | from the trainer's termination message (or the log tail if it crashed) |
 

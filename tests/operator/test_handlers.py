@@ -221,6 +221,11 @@ async def test_mlflow_run_progress_and_end_are_tracked(cluster, kmock, mlflow_se
         client = MlflowClient(mlflow_server.url)
         client.log_metric(run["runId"], "progress/step", 40, step=40)
         await eventually(lambda: cluster.status("tracked")["progress"]["percent"] == 40, what="progress 40%")
+        assert "resumedFrom" not in cluster.status("tracked")["progress"]
+        client.log_metric(run["runId"], "progress/resumedFrom", 30, step=30)
+        await eventually(lambda: cluster.status("tracked")["progress"].get("resumedFrom") == 30, what="resumedFrom")
+        resumed = await eventually(lambda: cluster.events("Resumed"), what="a Resumed event")
+        assert "resumed from the checkpoint at step 30" in resumed[0]["message"]
         await cluster.add_pod("tracked-r0", 0, {"exitCode": 0, "reason": "Completed", "message": '{"step": 100}'})
         await cluster.set_job_status(
             "tracked-r0", {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}

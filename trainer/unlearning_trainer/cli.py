@@ -47,7 +47,9 @@ def _run(args: argparse.Namespace) -> int:
             "reason": "Succeeded" if result.metrics["status"] == "succeeded" else "Interrupted",
             "message": f"{result.metrics['status']} after {result.metrics['steps']} steps",
             "step": result.metrics["steps"],
+            "resumedFrom": result.metrics["resumedFrom"],
             "runId": tracking.get("runId"),
+            "auditPassed": (result.metrics.get("verdict") or {}).get("passed"),
         }
     )
     if result.metrics["status"] == "interrupted":

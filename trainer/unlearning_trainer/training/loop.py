@@ -32,6 +32,8 @@ from unlearning_trainer.training.step import MicroBatch, Stepper
 logger = logging.getLogger("unlearning_trainer.training")
 
 ProgressCallback = Callable[[int, int], None]
+RESUMED_METRIC = "progress/resumedFrom"
+"""Logged once per attempt at the step it starts from (0 for a fresh start), so every resume shows in MLflow."""
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,8 @@ def train(
     stepper.cached_scale = state.cached_forget_scale
     if resumed_from:
         logger.info("resuming from checkpoint at step %d of %d", resumed_from, training.steps)
+    if accelerator.is_main_process:
+        tracker.log_metrics({RESUMED_METRIC: float(resumed_from)}, step=resumed_from)
     samplers = (
         InfiniteSampler(len(data.retain), training.seed),
         InfiniteSampler(len(data.forget), training.seed + 1),
