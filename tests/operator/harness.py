@@ -126,7 +126,7 @@ class Cluster:
     def __init__(self, emulator: kmock.KubernetesEmulator) -> None:
         self.emulator = emulator
 
-    async def _request(
+    async def request(
         self, method: str, path: str, body: Any = None, content_type: str = "application/json", missing_ok: bool = False
     ) -> Any:
         """A fresh HTTP session per call: stopping kopf cancels every task created after it started."""
@@ -142,14 +142,14 @@ class Cluster:
             return await response.json(content_type=None)
 
     async def apply(self, document: dict[str, Any]) -> None:
-        await self._request("POST", f"/apis/unlearning.dev/v1alpha1/namespaces/{NAMESPACE}/unlearningjobs", document)
+        await self.request("POST", f"/apis/unlearning.dev/v1alpha1/namespaces/{NAMESPACE}/unlearningjobs", document)
 
     async def patch_job_resource(self, name: str, patch: dict[str, Any]) -> None:
         path = f"/apis/unlearning.dev/v1alpha1/namespaces/{NAMESPACE}/unlearningjobs/{name}"
-        await self._request("PATCH", path, patch, "application/merge-patch+json")
+        await self.request("PATCH", path, patch, "application/merge-patch+json")
 
     async def delete(self, name: str) -> None:
-        await self._request("DELETE", f"/apis/unlearning.dev/v1alpha1/namespaces/{NAMESPACE}/unlearningjobs/{name}")
+        await self.request("DELETE", f"/apis/unlearning.dev/v1alpha1/namespaces/{NAMESPACE}/unlearningjobs/{name}")
 
     def _find(self, plural: str, name: str) -> dict[str, Any] | None:
         for (resource, namespace, object_name), obj in self.emulator.objects.items():
@@ -177,7 +177,7 @@ class Cluster:
     async def set_job_status(self, name: str, status: dict[str, Any]) -> None:
         """Play the Job controller. A Job the operator already deleted (it saw a failed pod first) is fine."""
         path = f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/{name}/status"
-        await self._request("PATCH", path, {"status": status}, "application/merge-patch+json", missing_ok=True)
+        await self.request("PATCH", path, {"status": status}, "application/merge-patch+json", missing_ok=True)
 
     async def add_pod(self, job: str, index: int, terminated: dict[str, Any] | None = None) -> None:
         """Play the kubelet: a pod of `job`, optionally with a terminated trainer container."""
@@ -191,10 +191,10 @@ class Cluster:
             },
             "spec": {"containers": [{"name": "trainer", "image": "trainer"}]},
         }
-        await self._request("POST", f"/api/v1/namespaces/{NAMESPACE}/pods", pod)
+        await self.request("POST", f"/api/v1/namespaces/{NAMESPACE}/pods", pod)
         if terminated is not None:
             status = {"containerStatuses": [{"name": "trainer", "state": {"terminated": terminated}}]}
-            await self._request(
+            await self.request(
                 "PATCH",
                 f"/api/v1/namespaces/{NAMESPACE}/pods/{job}-{index}-abcde/status",
                 {"status": status},
