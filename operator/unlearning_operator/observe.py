@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 MAX_MESSAGE = 1024
+ROOT_CAUSE = "Root Cause (first observed failure):"
+SECONDARY_SYMPTOMS = ("Connection closed by peer", "Connection reset by peer", "SignalException")
+"""What the surviving workers report after another worker died; the status should name the one that died."""
 
 
 @dataclass(frozen=True)
@@ -53,21 +56,52 @@ def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+def torchrun_root_cause(text: str) -> dict[str, str] | None:
+    """The first failed worker from torchrun's failure summary in a log tail, as a reason and one-line message.
+
+    A worker that dies without a Python exception (SIGKILL by the OOM killer, a segfault) writes no summary of
+    its own; torchrun's `Root Cause (first observed failure)` block is then the only record of who died and how.
+    """
+    _, found, block = text.partition(ROOT_CAUSE)
+    if not found:
+        return None
+    fields: dict[str, str] = {}
+    for line in block.strip().splitlines():
+        if line.startswith("==="):
+            break
+        key, separator, value = line.partition(":")
+        if separator and key.strip() in ("rank", "exitcode", "traceback"):
+            fields.setdefault(key.strip(), value.strip())
+    killed = "SIGKILL" in block
+    message = f"worker rank {fields.get('rank', '?')} exited with code {fields.get('exitcode', '?')}"
+    if fields.get("traceback"):
+        message += f": {fields['traceback']}"
+    if killed:
+        message += " (out of memory, or killed from outside the container)"
+    return {"reason": "WorkerKilled" if killed else "WorkerFailed", "message": message[:MAX_MESSAGE]}
+
+
 def parse_termination_message(text: str | None) -> dict[str, Any]:
-    """The trainer's JSON summary, or the raw text (a log tail) as the message."""
+    """The trainer's JSON summary, or what a log tail says (torchrun's root cause, else the raw tail)."""
     if not text:
         return {}
     try:
         parsed = json.loads(text)
     except json.JSONDecodeError:
-        return {"message": text.strip()[-MAX_MESSAGE:]}
+        return torchrun_root_cause(text) or {"message": text.strip()[-MAX_MESSAGE:]}
     return parsed if isinstance(parsed, dict) else {"message": str(parsed)[-MAX_MESSAGE:]}
 
 
+def _secondary(terminated: dict[str, Any]) -> bool:
+    """Whether a worker failed only because a peer died first or because it was told to stop."""
+    message = terminated.get("message") or ""
+    return any(symptom in message for symptom in SECONDARY_SYMPTOMS)
+
+
 def pod_failure(pods: list[dict[str, Any]], permanent_codes: list[int]) -> tuple[Failure | None, bool]:
-    """The first failed container's exit code, reason and message, and whether the failure is permanent."""
+    """The root-cause failed container's exit code, reason and message, and whether the failure is permanent."""
     failed = [(pod, t) for pod in pods if (t := _terminated(pod)) and t.get("exitCode", 0) != 0]
-    failed.sort(key=lambda item: item[0].get("metadata", {}).get("name", ""))
+    failed.sort(key=lambda item: (_secondary(item[1]), item[0].get("metadata", {}).get("name", "")))
     if not failed:
         return None, False
     _, terminated = failed[0]
