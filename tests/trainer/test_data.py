@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from diffusers.optimization import get_scheduler
 
 from unlearning_trainer.data.imagefolder import load_image_folder
 from unlearning_trainer.data.sampling import InfiniteSampler, generator_for
@@ -61,34 +62,41 @@ def test_metadata_rows_need_a_file_name(tmp_path):
         load_image_folder(tmp_path, field="f", image_shape=(1, 4, 4))
 
 
-def _model_and_optimizer(seed: int):
+def _model_and_optimizer(seed: int, steps: int = 1):
     unet = builders.tiny_unet(sample_size=8, block_out_channels=(8, 16), seed=seed)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-3)
-    unet(torch.randn(2, 1, 8, 8), torch.tensor([1, 2])).sample.sum().backward()
-    optimizer.step()
-    return unet, optimizer
+    scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=2, num_training_steps=20)
+    for _ in range(steps):
+        unet(torch.randn(2, 1, 8, 8), torch.tensor([1, 2])).sample.sum().backward()
+        optimizer.step()
+        scheduler.step()
+    return unet, optimizer, scheduler
 
 
 def test_checkpoint_round_trip_and_rotation(tmp_path):
-    unet, optimizer = _model_and_optimizer(0)
+    unet, optimizer, scheduler = _model_and_optimizer(0, steps=5)
     for step in (2, 4, 6):
         state = checkpoints.TrainingState(step=step, cached_forget_scale=0.5, history=[{"step": 0}])
-        checkpoints.save(tmp_path, unet, optimizer, state, keep=2)
+        checkpoints.save(tmp_path, unet, optimizer, scheduler, state, keep=2)
     assert [step for step, _ in checkpoints.list_checkpoints(tmp_path)] == [4, 6]
-    restored, restored_optimizer = _model_and_optimizer(1)
-    state = checkpoints.load_latest(tmp_path, restored, restored_optimizer)
+    restored, restored_optimizer, restored_scheduler = _model_and_optimizer(1)
+    state = checkpoints.load_latest(tmp_path, restored, restored_optimizer, restored_scheduler)
     assert state.step == 6 and state.cached_forget_scale == 0.5 and state.history == [{"step": 0}]
     for key, value in unet.state_dict().items():
         assert torch.equal(value, restored.state_dict()[key])
     assert restored_optimizer.state_dict()["state"][0]["step"] == optimizer.state_dict()["state"][0]["step"]
+    assert restored_scheduler.last_epoch == scheduler.last_epoch == 5
+    scheduler.step()
+    restored_scheduler.step()
+    assert restored_scheduler.get_last_lr() == scheduler.get_last_lr()
 
 
 def test_checkpoint_loading_refuses_arbitrary_pickles(tmp_path):
-    unet, optimizer = _model_and_optimizer(0)
-    folder = checkpoints.save(tmp_path, unet, optimizer, checkpoints.TrainingState(step=1), keep=1)
+    unet, optimizer, scheduler = _model_and_optimizer(0)
+    folder = checkpoints.save(tmp_path, unet, optimizer, scheduler, checkpoints.TrainingState(step=1), keep=1)
     torch.save({"payload": _Exploit()}, folder / "optimizer.pt")
     with pytest.raises(Exception, match=r"[Ww]eights only"):
-        checkpoints.load_latest(tmp_path, unet, optimizer)
+        checkpoints.load_latest(tmp_path, unet, optimizer, scheduler)
 
 
 class _Exploit:

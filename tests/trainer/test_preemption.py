@@ -11,8 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
-from tests.conftest import write_job
+from tests.conftest import IMAGE_SIZE, write_job
+from unlearning_trainer.scenarios import builders
 
 CHECKPOINT_EVERY = 5
 STEPS = 60
@@ -83,3 +86,46 @@ def test_sigterm_checkpoints_the_current_step_and_exits_143(long_job):
     checkpoints = sorted((long_job.parent / "out" / "checkpoints").iterdir())
     assert checkpoints[-1].name == f"step-{stopped:06d}"
     assert _resume(long_job)["resumedFrom"] == stopped
+
+
+def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(scenario, tmp_path, job_document):
+    """Weights, AdamW moments, the LR schedule and every random draw (noise, batches, dropout) carry over."""
+    builders.save_pipeline(
+        builders.tiny_unet(sample_size=IMAGE_SIZE, dropout=0.2), builders.ddpm_scheduler(), tmp_path / "model"
+    )
+    for name in ("forget", "retain"):
+        shutil.copytree(scenario / name, tmp_path / name)
+    steps = 24
+    job_document["spec"]["training"].update(
+        {
+            "steps": steps,
+            "checkpointEvery": CHECKPOINT_EVERY,
+            "learningRate": 1e-3,
+            "lrScheduler": "cosine",
+            "lrWarmupSteps": 4,
+        }
+    )
+    job_document["spec"]["evaluation"]["every"] = steps
+    interrupted = write_job(tmp_path, job_document)
+    job_document["spec"]["output"]["uri"] = "straight"
+    straight = write_job(tmp_path, job_document, "straight.yaml")
+
+    process = _start(interrupted)
+    _run_until_checkpoint(process, CHECKPOINT_EVERY)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=120)
+    assert process.returncode == 143
+    metrics = _resume(interrupted)
+    assert CHECKPOINT_EVERY <= metrics["resumedFrom"] < steps
+    subprocess.run(
+        [sys.executable, "-m", "unlearning_trainer.cli", "run", str(straight), "--no-progress"],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    weights = "unet/diffusion_pytorch_model.safetensors"
+    resumed, uninterrupted = load_file(tmp_path / "out" / weights), load_file(tmp_path / "straight" / weights)
+    base = load_file(tmp_path / "model" / weights)
+    assert any(not torch.equal(base[key], resumed[key]) for key in base), "the run must have trained"
+    different = [key for key in base if not torch.equal(resumed[key], uninterrupted[key])]
+    assert not different, f"resumed and uninterrupted runs differ in {different[:5]}"

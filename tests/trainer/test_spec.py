@@ -51,6 +51,8 @@ def _error(document) -> str:
         ("training", "steps", -5, ["spec.training.steps", "Fix:"]),
         ("training", "learningRate", "fast", ["spec.training.learningRate", "Fix: use a number"]),
         ("training", "batchSzie", 8, ["spec.training.batchSzie", "Fix: remove it or check its spelling"]),
+        ("training", "lrScheduler", "step", ["spec.training.lrScheduler", "'cosine'", "Fix:"]),
+        ("training", "lrWarmupSteps", 300, ["spec.training.lrWarmupSteps (300)", "less than", "Fix: shorten"]),
     ],
     ids=lambda v: str(v),
 )

@@ -75,11 +75,18 @@ class MethodSpec(_Model):
     neg_grad_scale: float = Field(default=0.01, gt=0.0, description="NegGrad: factor c in the loss -c*L_A.")
 
 
+LrScheduler = Literal["constant", "constant_with_warmup", "linear", "cosine"]
+
+
 class TrainingSpec(_Model):
     steps: int = Field(default=300, gt=0, description="Optimizer steps.")
     batch_size: int = Field(default=64, gt=0, description="Global batch size per optimizer step, split across workers.")
     gradient_accumulation_steps: int = Field(default=1, ge=1, description="Micro-batches per optimizer step.")
-    learning_rate: float = Field(default=5e-5, gt=0.0, description="AdamW learning rate (constant).")
+    learning_rate: float = Field(default=5e-5, gt=0.0, description="AdamW (peak) learning rate.")
+    lr_scheduler: LrScheduler = Field(
+        default="constant", description="Learning-rate schedule over `steps` (diffusers' get_scheduler)."
+    )
+    lr_warmup_steps: int = Field(default=0, ge=0, description="Linear warm-up steps at the start of the schedule.")
     adam_beta1: float = Field(default=0.95, ge=0.0, lt=1.0)
     adam_beta2: float = Field(default=0.999, ge=0.0, lt=1.0)
     weight_decay: float = Field(default=1e-6, ge=0.0)
@@ -87,6 +94,15 @@ class TrainingSpec(_Model):
     seed: int = Field(default=42, ge=0)
     checkpoint_every: int = Field(default=100, gt=0, description="Save a resumable checkpoint every N steps.")
     checkpoints_to_keep: int = Field(default=2, ge=1, description="Older checkpoints are deleted.")
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> TrainingSpec:
+        if self.lr_warmup_steps >= self.steps:
+            raise ValueError(
+                f"spec.training.lrWarmupSteps ({self.lr_warmup_steps}) must be less than spec.training.steps "
+                f"({self.steps}). Fix: shorten the warm-up or train longer."
+            )
+        return self
 
 
 class NllSpec(_Model):

@@ -43,7 +43,12 @@ class InfiniteSampler:
         return self.indices(index * global_size + rank * local, local)
 
 
-def generator_for(seed: int, *keys: int) -> torch.Generator:
-    """A torch generator seeded from (seed, *keys): independent streams per step, micro-batch and rank."""
+def seed_for(seed: int, *keys: int) -> int:
+    """A 63-bit seed derived from (seed, *keys): independent streams per step, micro-batch and rank."""
     state = np.random.SeedSequence([seed, *keys]).generate_state(2, dtype=np.uint64)
-    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+    return int(state[0] >> np.uint64(1))
+
+
+def generator_for(seed: int, *keys: int) -> torch.Generator:
+    """A torch generator seeded from (seed, *keys)."""
+    return torch.Generator().manual_seed(seed_for(seed, *keys))

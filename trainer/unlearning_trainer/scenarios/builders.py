@@ -16,6 +16,7 @@ def tiny_unet(
     channels: int = 1,
     block_out_channels: tuple[int, ...] = (16, 32),
     seed: int = 0,
+    dropout: float = 0.0,
 ) -> UNet2DModel:
     """A small UNet2DModel (plain down/up blocks, attention only in the mid block)."""
     torch.manual_seed(seed)
@@ -30,6 +31,7 @@ def tiny_unet(
         up_block_types=("UpBlock2D",) * depth,
         norm_num_groups=8,
         attention_head_dim=8,
+        dropout=dropout,
     )
 
 

@@ -1,7 +1,9 @@
 """Resumable training checkpoints: model weights (safetensors), optimizer state, step and metric history.
 
-The optimizer state is read back with `torch.load(weights_only=True)`, which refuses arbitrary pickles.
-No RNG state is needed: every batch and every noise draw is a function of (seed, step).
+The optimizer state is read back with `torch.load(weights_only=True)`, which refuses arbitrary pickles; the
+LR scheduler's state (step counters and rates) is JSON. No RNG state is stored because none is needed: every
+batch and noise draw is a function of (seed, step, micro-batch), and the global torch RNG (dropout) is reseeded
+from (seed, step, rank) before each step, so a resumed run draws exactly what an uninterrupted one would.
 A checkpoint is written to a temporary folder and renamed into place, so a crash never leaves half of one.
 """
 
@@ -52,6 +54,7 @@ def save(
     root: Path,
     unet: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
     state: TrainingState,
     *,
     keep: int,
@@ -63,9 +66,13 @@ def save(
     staging.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, staging / "model.safetensors")
     torch.save(optimizer.state_dict(), staging / "optimizer.pt")
-    (staging / "state.json").write_text(
-        json.dumps({"step": state.step, "cachedForgetScale": state.cached_forget_scale, "history": state.history})
-    )
+    document = {
+        "step": state.step,
+        "cachedForgetScale": state.cached_forget_scale,
+        "scheduler": scheduler.state_dict(),
+        "history": state.history,
+    }
+    (staging / "state.json").write_text(json.dumps(document))
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
     for _, old in list_checkpoints(root)[:-keep]:
@@ -73,8 +80,13 @@ def save(
     return target
 
 
-def load_latest(root: Path, unet: torch.nn.Module, optimizer: torch.optim.Optimizer) -> TrainingState | None:
-    """Restore the newest checkpoint under `root` into `unet` and `optimizer`; None if there is none."""
+def load_latest(
+    root: Path,
+    unet: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> TrainingState | None:
+    """Restore the newest checkpoint under `root` into `unet`, `optimizer` and `scheduler`; None if none."""
     checkpoints = list_checkpoints(root)
     if not checkpoints:
         return None
@@ -82,4 +94,5 @@ def load_latest(root: Path, unet: torch.nn.Module, optimizer: torch.optim.Optimi
     unet.load_state_dict(load_file(folder / "model.safetensors"))
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
     raw = json.loads((folder / "state.json").read_text())
+    scheduler.load_state_dict(raw["scheduler"])
     return TrainingState(step=raw["step"], cached_forget_scale=raw["cachedForgetScale"], history=raw["history"])

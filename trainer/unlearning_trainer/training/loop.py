@@ -16,10 +16,11 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
 from unlearning_trainer.data.imagefolder import ImageSet
-from unlearning_trainer.data.sampling import InfiniteSampler, generator_for
+from unlearning_trainer.data.sampling import InfiniteSampler, generator_for, seed_for
 from unlearning_trainer.evaluation.evaluator import Evaluator
 from unlearning_trainer.models.adapter import DiffusionAdapter
 from unlearning_trainer.objectives.losses import draw_noise
@@ -32,6 +33,8 @@ from unlearning_trainer.training.step import MicroBatch, Stepper
 logger = logging.getLogger("unlearning_trainer.training")
 
 ProgressCallback = Callable[[int, int], None]
+GLOBAL_RNG_STREAM = 1
+"""Tells the per-step reseed of the global torch RNG (dropout) apart from the (step, micro-batch) noise streams."""
 RESUMED_METRIC = "progress/resumedFrom"
 """Logged once per attempt at the step it starts from (0 for a fresh start), so every resume shows in MLflow."""
 
@@ -133,6 +136,12 @@ def train(
         weight_decay=training.weight_decay,
     )
     unet, optimizer = accelerator.prepare(adapter.unet, optimizer)
+    scheduler = get_scheduler(
+        training.lr_scheduler,
+        optimizer,
+        num_warmup_steps=training.lr_warmup_steps,
+        num_training_steps=training.steps,
+    )
     raw_unet = accelerator.unwrap_model(unet)
     stepper = Stepper(
         Objective(spec.method),
@@ -141,11 +150,12 @@ def train(
         optimizer,
         max_grad_norm=training.max_grad_norm,
         refresh_every=spec.method.forget_norm_refresh_every,
+        scheduler=scheduler,
     )
     with accelerator.local_main_process_first():
         if checkpoint_mirror is not None and not checkpoints.list_checkpoints(checkpoint_dir):
             checkpoint_mirror.pull(checkpoint_dir)
-    state = checkpoints.load_latest(checkpoint_dir, raw_unet, optimizer) or checkpoints.TrainingState()
+    state = checkpoints.load_latest(checkpoint_dir, raw_unet, optimizer, scheduler) or checkpoints.TrainingState()
     resumed_from = state.step
     stepper.cached_scale = state.cached_forget_scale
     if resumed_from:
@@ -168,7 +178,9 @@ def train(
     def checkpoint() -> None:
         state.cached_forget_scale = stepper.cached_scale
         if main:
-            folder = checkpoints.save(checkpoint_dir, raw_unet, optimizer, state, keep=training.checkpoints_to_keep)
+            folder = checkpoints.save(
+                checkpoint_dir, raw_unet, optimizer, scheduler, state, keep=training.checkpoints_to_keep
+            )
             if checkpoint_mirror is not None:
                 checkpoint_mirror.push(folder, keep=training.checkpoints_to_keep)
             logger.info("checkpoint saved at step %d", state.step)
@@ -187,6 +199,7 @@ def train(
     with _Preemption() as preemption:
         for step in range(resumed_from, training.steps):
             started = time.perf_counter()
+            torch.manual_seed(seed_for(training.seed, step, accelerator.process_index, GLOBAL_RNG_STREAM))
             stats = stepper(step, _micro_batches(spec, adapter, data, samplers, unet, accelerator, step))
             train_seconds += time.perf_counter() - started
             state.step = step + 1

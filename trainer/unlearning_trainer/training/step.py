@@ -1,4 +1,4 @@
-"""One optimizer step: gradients of the loss terms, an explicit all-reduce, combination, clip, AdamW.
+"""One optimizer step: gradients of the loss terms, an explicit all-reduce, combination, clip, AdamW, schedule.
 
 Keep and forget gradients must stay apart for norm fixing, so a step takes them with `torch.autograd.grad`
 under `no_sync` and all-reduces both flat buffers itself. DDP would only average the first backward of a
@@ -56,11 +56,13 @@ class Stepper:
         *,
         max_grad_norm: float,
         refresh_every: int | None = None,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     ) -> None:
         self.objective = objective
         self.accelerator = accelerator
         self.unet = unet
         self.optimizer = optimizer
+        self.scheduler = scheduler
         self.params = [p for p in unet.parameters() if p.requires_grad]
         self.max_grad_norm = max_grad_norm
         self.refresh_every = refresh_every if objective.norm_fixed else None
@@ -112,7 +114,10 @@ class Stepper:
         assign(update, self.params)
         stats |= combine_stats
         stats["grad_norm"] = float(self.accelerator.clip_grad_norm_(self.params, self.max_grad_norm))
+        stats["lr"] = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.scheduler is not None:
+            self.scheduler.step()
         stats["single_backward"] = float(fused)
         return stats
