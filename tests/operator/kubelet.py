@@ -17,6 +17,9 @@ What is mapped, and how:
   A deleted Job's pods are stopped and deleted, as garbage collection would.
 - the kubelet's termination message: the file's content, or the log tail when the container failed without
   writing one and the policy is FallbackToLogsOnError.
+
+Not played: resource requests, securityContext, readiness, suspending a running Job, pod retries
+(backoffLimit > 0) and podFailurePolicy's Ignore rule; the operator's own tests cover those transitions.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from typing import Any
 import psutil
 
 from tests.operator.harness import NAMESPACE, Cluster
+from tests.servers import free_port
 
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 JOB_NAME = "batch.kubernetes.io/job-name"
@@ -50,14 +54,6 @@ _FIELD = re.compile(r"^metadata\.(annotations|labels)\['([^']+)'\]$")
 
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -180,7 +176,7 @@ class LocalKubelet:
         template = spec["template"]
         job = LocalJob(name=name, body=body)
         ports = {
-            port["containerPort"]: _free_port()
+            port["containerPort"]: free_port()
             for container in template["spec"]["containers"]
             for port in container.get("ports", [])
         }
