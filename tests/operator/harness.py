@@ -33,7 +33,17 @@ _VERSIONS = itertools.count(1)
 
 @attrs.define(kw_only=True)
 class VersionedEmulator(kmock.KubernetesEmulator):
+    history: int | None = None
+    """Keep only the newest N requests. kmock matches every request against its whole request history, once per
+    built-in reaction, which makes a long run quadratic; tests that inspect the requests keep them all."""
+    watches: list[str] = attrs.field(factory=list)
+    """URLs of every watch request, kept whatever `history` drops."""
+
     async def _handle(self, request: Any) -> Any:
+        if self.history is not None and len(self._requests) > self.history:
+            del self._requests[: -self.history]
+        if "watch" in request.params:
+            self.watches.append(str(request.url))
         if request.resource is not None and request.action in (kmock.action.CREATE, kmock.action.UPDATE):
             version = str(next(_VERSIONS))
             if isinstance(request.data, dict):
@@ -58,6 +68,13 @@ class VersionedEmulator(kmock.KubernetesEmulator):
             raise kmock.KubernetesError(status=422, reason="Invalid", message=str(exc)) from None
 
 
+@attrs.define(kw_only=True)
+class LeanEmulator(VersionedEmulator):
+    """Remembers only the current request: for tests and benchmarks that never read the request log."""
+
+    history: int | None = 1
+
+
 def declare_resources(emulator: kmock.KubernetesEmulator) -> None:
     emulator.resources.load_bundled()
     emulator.resources[RESOURCE] = kmock.ResourceInfo(
@@ -76,7 +93,7 @@ def api_client(emulator: kmock.KubernetesEmulator) -> kubernetes.client.ApiClien
 
 
 @contextlib.asynccontextmanager
-async def running_operator(emulator: kmock.KubernetesEmulator, settings: Settings | None = None) -> AsyncIterator[None]:
+async def running_operator(emulator: VersionedEmulator, settings: Settings | None = None) -> AsyncIterator[None]:
     """Start the operator in this event loop (in the test body: kopf cancels tasks created after it)."""
     settings = settings or Settings(progress_poll_seconds=0.5)
     kube = Kubernetes(api_client(emulator), timeout_seconds=5)
@@ -92,12 +109,11 @@ async def running_operator(emulator: kmock.KubernetesEmulator, settings: Setting
         await asyncio.wait({task}, timeout=15)
 
 
-async def _watching(emulator: kmock.KubernetesEmulator, paths: tuple[str, ...], timeout: float = 20) -> None:
+async def _watching(emulator: VersionedEmulator, paths: tuple[str, ...], timeout: float = 20) -> None:
     """Wait until kopf's watch streams are open: kmock drops events that happen while a watch is starting."""
     deadline = asyncio.get_running_loop().time() + timeout
     while asyncio.get_running_loop().time() < deadline:
-        urls = [str(request.url) for request in list(emulator)]
-        if all(any(path in url and "watch=" in url for url in urls) for path in paths):
+        if all(any(path in url for url in emulator.watches) for path in paths):
             await asyncio.sleep(0.1)
             return
         await asyncio.sleep(0.05)

@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 
-from tests.operator.harness import NAMESPACE, Cluster, VersionedEmulator, eventually, running_operator
+from tests.operator.harness import NAMESPACE, Cluster, LeanEmulator, eventually, running_operator
 from tests.operator.kubelet import LocalKubelet, running_kubelet
 from tests.servers import ACCESS_KEY, SECRET_KEY
 from unlearning_operator.settings import Settings
 
-pytestmark = pytest.mark.kmock(cls=VersionedEmulator)
+pytestmark = pytest.mark.kmock(cls=LeanEmulator)
 
 WORKERS = 2
 SECRET = "s3-credentials"

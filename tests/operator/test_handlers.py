@@ -9,14 +9,14 @@ import pytest
 
 from tests.operator.harness import (
     Cluster,
-    VersionedEmulator,
+    LeanEmulator,
     eventually,
     job_document,
     running_operator,
 )
 from unlearning_operator.settings import Settings
 
-pytestmark = pytest.mark.kmock(cls=VersionedEmulator)
+pytestmark = pytest.mark.kmock(cls=LeanEmulator)
 
 
 async def _created(cluster: Cluster, name: str) -> dict:
