@@ -162,7 +162,19 @@ def status_schema() -> dict[str, Any]:
             },
             "failure": {
                 "type": "object",
+                "description": "Why the job failed (set only when phase is Failed).",
                 "properties": {
+                    "exitCode": {"type": "integer"},
+                    "reason": {"type": "string"},
+                    "message": {"type": "string"},
+                },
+            },
+            "lastRestart": {
+                "type": "object",
+                "description": "The failed attempt behind the latest whole-group restart.",
+                "properties": {
+                    "attempt": {"type": "integer"},
+                    "time": {"type": "string", "format": "date-time"},
                     "exitCode": {"type": "integer"},
                     "reason": {"type": "string"},
                     "message": {"type": "string"},

@@ -221,13 +221,13 @@ class Operator:
         attempt = restarts + 1
         self._ensure_children(owner, spec, attempt, status.get("mlflow") or {}, status.get("startTime"))
         message = f"attempt {restarts + 1} failed ({seen.reason}: {seen.message}); restarting all workers"
-        failure = seen.failure.as_status() if seen.failure else None
+        failure = seen.failure.as_status() if seen.failure else {"reason": seen.reason, "message": seen.message}
         self._transition(
             body,
             {"Running": (False, "Restarting", message[:1024])},
             restarts=attempt,
             jobName=manifests.job_name(owner, attempt),
-            failure=failure,
+            lastRestart={"attempt": restarts + 1, "time": conditions.now(), **failure},
         )
         kopf.warn(body, reason="Restarting", message=message[:1024])
 

@@ -56,7 +56,10 @@ STATUS = """
 | `outputModelUri` | where the unlearned pipeline is published |
 | `audit.uri`, `.passed` | the audit record published with the model, and whether every `spec.audit` check passed |
 | `mlflow.experimentId`, `.runId`, `.runUrl` | the MLflow run the operator created for the job |
-| `failure.exitCode`, `.reason`, `.message` | from the trainer's termination message (or the log tail if it crashed) |
+| `failure.exitCode`, `.reason`, `.message` | why a Failed job failed: the trainer's termination message, or |
+| | torchrun's root cause / the log tail if a worker died without writing one |
+| `lastRestart.attempt`, `.time`, `.exitCode`, `.reason`, `.message` | the failed attempt behind the latest |
+| | whole-group restart (the job may still succeed) |
 
 Trainer exit codes: 0 success; 2 invalid job, 3 model or data not found, 4 storage access denied (permanent,
 never retried); anything else is retried up to `runPolicy.backoffLimit` times by restarting all workers.

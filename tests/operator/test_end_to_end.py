@@ -182,7 +182,9 @@ async def test_a_killed_worker_restarts_the_group_which_resumes_from_the_checkpo
     assert status["restarts"] == 1 and status["jobName"] == "killed-r1"
     assert saved[-1] <= resumed_from < steps, f"saw checkpoint {saved[-1]}, resumed from {resumed_from}"
     assert f"resumed from the checkpoint at step {resumed_from}" in resumed[0]["message"]
-    assert status["failure"]["reason"] == "WorkerKilled" and "worker rank 1" in status["failure"]["message"]
+    restart = status["lastRestart"]
+    assert restart["attempt"] == 1 and restart["reason"] == "WorkerKilled" and "worker rank 1" in restart["message"]
+    assert "failure" not in status
     assert {"Restarting"} <= {event["reason"] for event in cluster.events()}
     metrics = _read_json(s3_server, f"{uploaded['output']}/metrics.json")
     assert metrics["resumedFrom"] == resumed_from and metrics["steps"] == steps and metrics["processes"] == WORKERS

@@ -94,6 +94,9 @@ async def test_pod_failure_restarts_the_whole_group_then_succeeds(cluster, kmock
         )
         await eventually(lambda: cluster.status("retry").get("phase") == "Succeeded", what="Succeeded")
     assert cluster.events("Restarting")
+    restart = cluster.status("retry")["lastRestart"]
+    assert restart["attempt"] == 1 and restart["exitCode"] == 1 and restart["message"] == "CUDA error: device lost"
+    assert "failure" not in cluster.status("retry"), "a job that succeeded has no failure"
 
 
 async def test_permanent_failure_reports_the_trainer_reason_without_retrying(cluster, kmock):
