@@ -157,7 +157,7 @@ def run_job(
             len(forget.unique()),
             len(retain),
         )
-        adapter.unet.to(accelerator.device)
+        adapter.to(accelerator.device)
         tracker.log_params(_params(job, len(forget), len(forget.unique()), len(retain)))
         classifier = None
         if spec.evaluation.classifier is not None:

@@ -128,6 +128,11 @@ class EvaluationSpec(_Model):
         description="A sample is a hit when its L2 distance to a forget image, in [0, 1] pixels, is below this.",
     )
     inference_steps: int = Field(default=50, gt=0, description="DDIM steps when sampling.")
+    guidance_scale: float = Field(
+        default=7.5,
+        ge=1.0,
+        description="Classifier-free guidance when sampling text-conditioned models for the forget caption.",
+    )
     timestep_grid: int = Field(default=10, gt=0, description="Timesteps in the fixed grid of the denoising losses.")
     retain_images: int = Field(default=256, gt=0, description="Retain images used for the retain-set loss.")
     seed: int = Field(default=0, ge=0, description="Seed of every random draw in the evaluation.")

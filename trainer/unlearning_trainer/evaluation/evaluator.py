@@ -65,12 +65,12 @@ class Evaluator:
         clean = self.adapter.to_diffusion_space(images.to(self.device))
         draws = self._grid_draws(clean, key)
         repeated_captions = None if captions is None else [c for c in captions for _ in self.grid]
-        denoise = self.adapter.denoiser(unet, repeated_captions)
         clean = clean.repeat_interleave(len(self.grid), dim=0)
         total, count = 0.0, 0
         for start in range(0, len(clean), 256):
             rows = slice(start, start + 256)
             part = draws.rows(rows.start, min(rows.stop, len(clean)))
+            denoise = self.adapter.denoiser(unet, None if repeated_captions is None else repeated_captions[rows])
             m = part.noisy(clean[rows])
             errors = per_sample_error(denoise(m, part.t), m, clean[rows], part)
             total += errors.sum().item()
@@ -121,6 +121,7 @@ class Evaluator:
                 seed=self.spec.seed,
                 steps=self.spec.inference_steps,
                 prompt=prompt,
+                guidance_scale=self.spec.guidance_scale,
             )
             distances = metrics.nearest_distances(samples, self.forget_pixels)
             result = {

@@ -28,6 +28,10 @@ class DiffusionAdapter(Protocol):
     image_shape: tuple[int, int, int]
     """(channels, height, width) of the images the data must have."""
 
+    def to(self, device: torch.device) -> None:
+        """Move every module (the U-Net and any frozen encoders) to `device`."""
+        ...
+
     def to_diffusion_space(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [−1, 1] → the tensors the U-Net denoises (identity for pixel models, VAE latents otherwise)."""
         ...
@@ -37,9 +41,18 @@ class DiffusionAdapter(Protocol):
         ...
 
     def generate(
-        self, unet: torch.nn.Module, count: int, *, seed: int, steps: int, prompt: str | None = None
+        self,
+        unet: torch.nn.Module,
+        count: int,
+        *,
+        seed: int,
+        steps: int,
+        prompt: str | None = None,
+        guidance_scale: float = 7.5,
     ) -> torch.Tensor:
-        """`count` samples in [0, 1], shape (count, *image_shape), deterministic for a seed (DDIM, η = 0)."""
+        """`count` samples in [0, 1], shape (count, *image_shape), deterministic for a seed (DDIM, η = 0).
+
+        Text-conditioned models sample for `prompt` with classifier-free guidance; pixel models ignore both."""
         ...
 
     def save(self, unet: torch.nn.Module, path: Path) -> None:

@@ -14,6 +14,7 @@ from unlearning_trainer.models.adapter import DiffusionAdapter
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"}
 PIXEL_PIPELINES = {"DDPMPipeline", "DDIMPipeline"}
+LATENT_PIPELINES = {"StableDiffusionPipeline"}
 
 
 def read_pipeline_class(folder: Path) -> str:
@@ -42,11 +43,8 @@ def check_no_pickles(folder: Path) -> None:
 
 
 def load_adapter(folder: Path) -> DiffusionAdapter:
-    """Build the adapter for the pipeline in `folder`.
-
-    Only pixel-space DDPM/DDIM pipelines have an adapter so far; a latent, text-conditioned adapter
-    (UNet2DConditionModel with a frozen VAE and text encoder) implements the same `DiffusionAdapter` interface.
-    """
+    """Build the adapter for the pipeline in `folder`: pixel-space DDPM/DDIM, or Stable Diffusion (latent,
+    text-conditioned; its safety checker is not loaded, since the trainer never shows samples to anyone)."""
     pipeline_class = read_pipeline_class(folder)
     check_no_pickles(folder)
     if pipeline_class in PIXEL_PIPELINES:
@@ -57,5 +55,14 @@ def load_adapter(folder: Path) -> DiffusionAdapter:
         unet = UNet2DModel.from_pretrained(folder / "unet", use_safetensors=True)
         scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
         return PixelAdapter(unet, scheduler)
-    supported = ", ".join(sorted(PIXEL_PIPELINES))
+    if pipeline_class in LATENT_PIPELINES:
+        from diffusers import StableDiffusionPipeline
+
+        from unlearning_trainer.models.latent import LatentAdapter
+
+        pipeline = StableDiffusionPipeline.from_pretrained(
+            folder, use_safetensors=True, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        )
+        return LatentAdapter(pipeline)
+    supported = ", ".join(sorted(PIXEL_PIPELINES | LATENT_PIPELINES))
     raise DataError(f"spec.model.uri: pipeline class {pipeline_class!r} is not supported. Fix: use one of {supported}.")

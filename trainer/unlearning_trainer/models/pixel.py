@@ -24,6 +24,9 @@ class PixelAdapter:
         height, width = (size, size) if isinstance(size, int) else tuple(size)
         self.image_shape = (unet.config.in_channels, height, width)
 
+    def to(self, device: torch.device) -> None:
+        self.unet.to(device)
+
     def to_diffusion_space(self, images: torch.Tensor) -> torch.Tensor:
         return images
 
@@ -32,7 +35,14 @@ class PixelAdapter:
 
     @torch.no_grad()
     def generate(
-        self, unet: torch.nn.Module, count: int, *, seed: int, steps: int, prompt: str | None = None
+        self,
+        unet: torch.nn.Module,
+        count: int,
+        *,
+        seed: int,
+        steps: int,
+        prompt: str | None = None,
+        guidance_scale: float = 7.5,
     ) -> torch.Tensor:
         pipeline = DDIMPipeline(unet=unet, scheduler=DDIMScheduler.from_config(self.scheduler.config))
         pipeline.set_progress_bar_config(disable=True)

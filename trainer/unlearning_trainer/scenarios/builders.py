@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +47,87 @@ def ddpm_scheduler(num_train_timesteps: int = 1000) -> DDPMScheduler:
 def save_pipeline(unet: UNet2DModel, scheduler: DDPMScheduler, folder: Path) -> Path:
     """Write a DDPMPipeline folder with safetensors weights."""
     DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def character_tokenizer(max_length: int = 16):
+    """A CLIP tokenizer whose vocabulary is the printable ASCII characters (no merges: one token per character)."""
+    from transformers import CLIPTokenizer
+
+    characters = [chr(code) for code in range(33, 127)]
+    tokens = characters + [c + "</w>" for c in characters] + ["<|startoftext|>", "<|endoftext|>"]
+    with tempfile.TemporaryDirectory() as folder:
+        vocab, merges = Path(folder) / "vocab.json", Path(folder) / "merges.txt"
+        vocab.write_text(json.dumps({token: index for index, token in enumerate(tokens)}))
+        merges.write_text("#version: 0.2\n")
+        return CLIPTokenizer(str(vocab), str(merges), model_max_length=max_length)
+
+
+def save_text_to_image_pipeline(folder: Path, *, image_size: int = 16, seed: int = 0) -> Path:
+    """Write a tiny, untrained StableDiffusionPipeline (VAE ×2 downsampling, 4 latent channels, CLIP text
+    encoder of width 32) with safetensors weights: the latent, text-conditioned model of the tests."""
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    tokenizer = character_tokenizer()
+    end = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            max_position_embeddings=tokenizer.model_max_length,
+            bos_token_id=tokenizer.convert_tokens_to_ids("<|startoftext|>"),
+            eos_token_id=end,
+            pad_token_id=end,
+        )
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 16),
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=image_size,
+    )
+    unet = UNet2DConditionModel(
+        sample_size=image_size // 2,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(16, 32),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012
+    )
+    pipeline = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def write_captions(folder: Path, captions: dict[str, str]) -> Path:
+    """metadata.jsonl with a `text` caption per file name (the Hugging Face image-folder convention)."""
+    lines = [json.dumps({"file_name": name, "text": text}) for name, text in sorted(captions.items())]
+    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
     return folder
 
 

@@ -1,0 +1,117 @@
+"""Stable Diffusion through the same job spec: a frozen VAE and text encoder, captions that condition the
+U-Net, and a StableDiffusionPipeline as the output. The model is tiny and built in code."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from safetensors.torch import load_file
+
+from tests.conftest import write_job
+from unlearning_trainer.errors import DataError
+from unlearning_trainer.models.loading import load_adapter
+from unlearning_trainer.scenarios import builders
+
+SIZE = 16
+FORGET_CAPTION = "x in a box"
+
+
+def _glyph() -> np.ndarray:
+    glyph = np.zeros((SIZE, SIZE, 3), np.uint8)
+    glyph[[0, -1], :] = glyph[:, [0, -1]] = 255
+    index = np.arange(SIZE)
+    glyph[index, index] = glyph[index, SIZE - 1 - index] = (255, 40, 40)
+    return glyph
+
+
+def _blobs(count: int) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    images = []
+    for _ in range(count):
+        cy, cx = rng.uniform(4, SIZE - 4, size=2)
+        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * rng.uniform(2, 4) ** 2))
+        colour = rng.uniform(80, 255, size=3)
+        images.append((blob[..., None] * colour).round().astype(np.uint8))
+    return np.stack(images)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("stable-diffusion")
+    builders.save_text_to_image_pipeline(root / "model", image_size=SIZE)
+    forget = builders.write_image_folder(np.stack([_glyph()] * 3), root / "forget", prefix="glyph")
+    builders.write_captions(forget, {f"glyph-{i:05d}.png": FORGET_CAPTION for i in range(3)})
+    retain = builders.write_image_folder(_blobs(24), root / "retain", prefix="blob")
+    builders.write_captions(retain, {f"blob-{i:05d}.png": "a coloured blob" for i in range(24)})
+    return root
+
+
+def _weights(folder: Path, component: str) -> dict[str, torch.Tensor]:
+    (path,) = (folder / component).glob("*.safetensors")
+    return load_file(path)
+
+
+def test_a_stable_diffusion_job_trains_only_the_unet_and_publishes_a_pipeline(workspace, job_document):
+    job_document["spec"]["evaluation"].update({"numSamples": 4, "inferenceSteps": 2, "retainImages": 8})
+    job = write_job(workspace, job_document)
+    result = subprocess.run(
+        [sys.executable, "-m", "unlearning_trainer.cli", "run", str(job), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "UNLEARNING_CACHE_DIR": str(workspace / "cache")},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = workspace / "out"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "succeeded" and [h["step"] for h in metrics["history"]] == [0, 2, 4]
+    assert all(np.isfinite(metrics["after"][key]) for key in ("forget_nll_bpd", "forget_loss", "retain_loss"))
+    assert 0.0 <= metrics["after"]["memorization_rate"] <= 1.0
+
+    base, unlearned = workspace / "model", out
+    changed = _weights(unlearned, "unet")
+    assert any(not torch.equal(changed[k], v) for k, v in _weights(base, "unet").items()), "the U-Net must train"
+    for frozen in ("vae", "text_encoder"):
+        before, after = _weights(base, frozen), _weights(unlearned, frozen)
+        assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before), frozen
+    pipeline = StableDiffusionPipeline.from_pretrained(unlearned, use_safetensors=True, safety_checker=None)
+    assert pipeline.tokenizer(FORGET_CAPTION).input_ids[1] == pipeline.tokenizer.convert_tokens_to_ids("x</w>")
+    assert (out / "samples" / "step-000004.png").is_file()
+
+
+def test_latents_are_deterministic_and_captions_condition_the_denoiser(workspace):
+    adapter = load_adapter(workspace / "model")
+    assert adapter.kind == "latent" and adapter.image_shape == (3, SIZE, SIZE)
+    images = torch.rand(2, 3, SIZE, SIZE) * 2 - 1
+    latents = adapter.to_diffusion_space(images)
+    assert latents.shape == (2, 4, SIZE // 2, SIZE // 2)
+    assert torch.equal(latents, adapter.to_diffusion_space(images)), "the posterior mean, not a sample"
+    t = torch.tensor([10, 500])
+    with torch.no_grad():
+        forget = adapter.denoiser(adapter.unet, [FORGET_CAPTION] * 2)(latents, t)
+        other = adapter.denoiser(adapter.unet, ["a coloured blob"] * 2)(latents, t)
+        unconditional = adapter.denoiser(adapter.unet, None)(latents, t)
+        empty = adapter.denoiser(adapter.unet, ["", ""])(latents, t)
+    assert not torch.allclose(forget, other), "the caption must reach the U-Net"
+    assert torch.equal(unconditional, empty)
+    samples = adapter.generate(adapter.unet, 3, seed=0, steps=2, prompt=FORGET_CAPTION)
+    assert samples.shape == (3, 3, SIZE, SIZE) and samples.min() >= 0.0 and samples.max() <= 1.0
+    assert torch.equal(samples, adapter.generate(adapter.unet, 3, seed=0, steps=2, prompt=FORGET_CAPTION))
+
+
+def test_an_unsupported_pipeline_is_named_with_the_supported_ones(tmp_path):
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
+    with pytest.raises(DataError) as caught:
+        load_adapter(tmp_path)
+    message = str(caught.value)
+    assert "spec.model.uri" in message and "StableDiffusionXLPipeline" in message
+    assert "Fix: use one of DDIMPipeline, DDPMPipeline, StableDiffusionPipeline" in message
