@@ -47,6 +47,7 @@ def load_adapter(folder: Path) -> DiffusionAdapter:
     text-conditioned; its safety checker is not loaded, since the trainer never shows samples to anyone)."""
     pipeline_class = read_pipeline_class(folder)
     check_no_pickles(folder)
+    _quiet_libraries()
     if pipeline_class in PIXEL_PIPELINES:
         from diffusers import DDPMScheduler, UNet2DModel
 
@@ -66,3 +67,17 @@ def load_adapter(folder: Path) -> DiffusionAdapter:
         return LatentAdapter(pipeline)
     supported = ", ".join(sorted(PIXEL_PIPELINES | LATENT_PIPELINES))
     raise DataError(f"spec.model.uri: pipeline class {pipeline_class!r} is not supported. Fix: use one of {supported}.")
+
+
+def _quiet_libraries() -> None:
+    """No loading and saving progress bars from diffusers and transformers (the trainer reports its own
+    progress), and no transformers warnings about image processors, which the trainer never uses."""
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.disable_progress_bar()
+    try:
+        from transformers.utils import logging as transformers_logging
+    except ImportError:
+        return
+    transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()

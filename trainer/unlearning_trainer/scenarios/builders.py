@@ -108,7 +108,12 @@ def save_text_to_image_pipeline(folder: Path, *, image_size: int = 16, seed: int
         norm_num_groups=8,
     )
     scheduler = DDPMScheduler(
-        num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012
+        num_train_timesteps=1000,
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        steps_offset=1,
     )
     pipeline = StableDiffusionPipeline(
         vae=vae,
