@@ -47,8 +47,9 @@ def _schema() -> dict[str, Any]:
     return _json_schema(crd.build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
 
 
-def test_example_validates_against_the_crd_schema():
-    jsonschema.Draft4Validator(_schema()).validate(yaml.safe_load(EXAMPLE.read_text()))
+@pytest.mark.parametrize("example", sorted(EXAMPLE.parent.glob("*.yaml")), ids=lambda path: path.name)
+def test_examples_validate_against_the_crd_schema(example):
+    jsonschema.Draft4Validator(_schema()).validate(yaml.safe_load(example.read_text()))
 
 
 @pytest.mark.parametrize(
