@@ -131,6 +131,10 @@ def status_schema() -> dict[str, Any]:
             "jobName": {"type": "string"},
             "serviceName": {"type": "string"},
             "restarts": {"type": "integer"},
+            "preemptions": {
+                "type": "integer",
+                "description": "Restarts after an interruption (SIGTERM, checkpoint saved); not counted as failures.",
+            },
             "progress": {
                 "type": "object",
                 "properties": {

@@ -19,7 +19,7 @@ from unlearning_operator import conditions, manifests
 from unlearning_operator.crd import GROUP, PLURAL, VERSION
 from unlearning_operator.k8s import Kubernetes, OwnershipError
 from unlearning_operator.mlflow_runs import MlflowRuns
-from unlearning_operator.observe import Observation, observe
+from unlearning_operator.observe import INTERRUPTED, Observation, observe
 from unlearning_operator.settings import Settings
 from unlearning_trainer.errors import SpecError
 from unlearning_trainer.spec import UnlearningJobSpec, parse_spec
@@ -205,13 +205,16 @@ class Operator:
     def _handle_failure(self, body: dict[str, Any], spec: UnlearningJobSpec, seen: Observation) -> None:
         status = body.get("status") or {}
         restarts = int(status.get("restarts") or 0)
-        if seen.permanent or restarts >= spec.run_policy.backoff_limit:
+        preemptions = int(status.get("preemptions") or 0)
+        interrupted = not seen.permanent and seen.reason == INTERRUPTED
+        failures = restarts - preemptions
+        if seen.permanent or (not interrupted and failures >= spec.run_policy.backoff_limit):
             reason = seen.reason if seen.permanent else "BackoffLimitExceeded"
             if not seen.permanent:
                 seen = Observation(
                     "Failed",
                     reason,
-                    f"{restarts + 1} attempt(s) failed; last: {seen.message}",
+                    f"{failures + 1} attempt(s) failed; last: {seen.message}",
                     seen.failure,
                 )
             self._finish(body, spec, seen, succeeded=False)
@@ -220,14 +223,21 @@ class Operator:
         self.kube.delete_job(owner.namespace, status["jobName"])
         attempt = restarts + 1
         self._ensure_children(owner, spec, attempt, status.get("mlflow") or {}, status.get("startTime"))
-        message = f"attempt {restarts + 1} failed ({seen.reason}: {seen.message}); restarting all workers"
+        if interrupted:
+            message = (
+                f"attempt {attempt} was interrupted ({seen.message}); restarting all workers from the checkpoint, "
+                "not counted against runPolicy.backoffLimit"
+            )
+        else:
+            message = f"attempt {attempt} failed ({seen.reason}: {seen.message}); restarting all workers"
         failure = seen.failure.as_status() if seen.failure else {"reason": seen.reason, "message": seen.message}
         self._transition(
             body,
             {"Running": (False, "Restarting", message[:1024])},
             restarts=attempt,
+            preemptions=preemptions + int(interrupted),
             jobName=manifests.job_name(owner, attempt),
-            lastRestart={"attempt": restarts + 1, "time": conditions.now(), **failure},
+            lastRestart={"attempt": attempt, "time": conditions.now(), **failure},
         )
         kopf.warn(body, reason="Restarting", message=message[:1024])
 

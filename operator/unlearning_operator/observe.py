@@ -12,6 +12,9 @@ from typing import Any
 
 MAX_MESSAGE = 1024
 ROOT_CAUSE = "Root Cause (first observed failure):"
+INTERRUPTED = "Interrupted"
+"""The trainer's reason after SIGTERM, when it saved a checkpoint and exited with INTERRUPTED_EXIT_CODE."""
+INTERRUPTED_EXIT_CODE = 143
 SECONDARY_SYMPTOMS = ("Connection closed by peer", "Connection reset by peer", "SignalException")
 """What the surviving workers report after another worker died; the status should name the one that died."""
 
@@ -92,16 +95,25 @@ def parse_termination_message(text: str | None) -> dict[str, Any]:
     return parsed if isinstance(parsed, dict) else {"message": str(parsed)[-MAX_MESSAGE:]}
 
 
-def _secondary(terminated: dict[str, Any]) -> bool:
-    """Whether a worker failed only because a peer died first or because it was told to stop."""
+def _interrupted(terminated: dict[str, Any]) -> bool:
+    """A trainer that was told to stop (SIGTERM: preemption, eviction, node drain) and checkpointed first."""
+    if terminated.get("exitCode") != INTERRUPTED_EXIT_CODE:
+        return False
+    return parse_termination_message(terminated.get("message")).get("reason") == INTERRUPTED
+
+
+def _rank(terminated: dict[str, Any]) -> int:
+    """Root-cause order: a worker's own error, then an interruption, then a peer's lost connection."""
     message = terminated.get("message") or ""
-    return any(symptom in message for symptom in SECONDARY_SYMPTOMS)
+    if any(symptom in message for symptom in SECONDARY_SYMPTOMS):
+        return 2
+    return 1 if _interrupted(terminated) else 0
 
 
 def pod_failure(pods: list[dict[str, Any]], permanent_codes: list[int]) -> tuple[Failure | None, bool]:
     """The root-cause failed container's exit code, reason and message, and whether the failure is permanent."""
     failed = [(pod, t) for pod in pods if (t := _terminated(pod)) and t.get("exitCode", 0) != 0]
-    failed.sort(key=lambda item: (_secondary(item[1]), item[0].get("metadata", {}).get("name", "")))
+    failed.sort(key=lambda item: (_rank(item[1]), item[0].get("metadata", {}).get("name", "")))
     if not failed:
         return None, False
     _, terminated = failed[0]

@@ -74,3 +74,16 @@ def test_a_worker_that_only_lost_its_peer_is_not_the_root_cause():
     assert failure is not None and failure.reason == "WorkerKilled" and "rank 1" in failure.message
     failure, _ = pod_failure(pods[:1], [2, 3, 4])
     assert failure is not None and failure.reason == "TrainerError"
+
+
+def test_an_interruption_is_the_root_cause_only_when_no_worker_failed_on_its_own():
+    interrupted = _pod("job-r0-0-a", 143, json.dumps({"reason": "Interrupted", "message": "interrupted after 9 steps"}))
+    lost_peer = _pod("job-r0-1-b", 1, '{"reason": "TrainerError", "message": "Connection closed by peer"}')
+    crashed = _pod("job-r0-2-c", 1, '{"reason": "TrainerError", "message": "CUDA error: an illegal memory access"}')
+    failure, _ = pod_failure([lost_peer, interrupted], [2, 3, 4])
+    assert failure is not None and failure.reason == "Interrupted"
+    failure, _ = pod_failure([interrupted, lost_peer, crashed], [2, 3, 4])
+    assert failure is not None and failure.reason == "TrainerError" and "illegal memory access" in failure.message
+    killed = _pod("job-r0-0-a", 143, "")
+    failure, _ = pod_failure([killed], [2, 3, 4])
+    assert failure is not None and failure.reason != "Interrupted", "143 without the trainer's summary is no checkpoint"

@@ -191,7 +191,12 @@ class AuditSpec(_Model):
 
 
 class RunPolicySpec(_Model):
-    backoff_limit: int = Field(default=3, ge=0, description="Whole-group restarts before the job fails.")
+    backoff_limit: int = Field(
+        default=3,
+        ge=0,
+        description="Whole-group restarts after failures before the job fails (interruptions by SIGTERM, "
+        "which checkpoint first, do not count).",
+    )
     active_deadline_seconds: int | None = Field(default=None, gt=0)
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
     suspend: bool = False
