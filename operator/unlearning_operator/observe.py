@@ -13,8 +13,7 @@ from typing import Any
 MAX_MESSAGE = 1024
 ROOT_CAUSE = "Root Cause (first observed failure):"
 INTERRUPTED = "Interrupted"
-"""The trainer's reason after SIGTERM, when it saved a checkpoint and exited with INTERRUPTED_EXIT_CODE."""
-INTERRUPTED_EXIT_CODE = 143
+"""The trainer's reason after SIGTERM, once it saved a checkpoint."""
 SECONDARY_SYMPTOMS = ("Connection closed by peer", "Connection reset by peer", "SignalException")
 """What the surviving workers report after another worker died; the status should name the one that died."""
 
@@ -96,9 +95,11 @@ def parse_termination_message(text: str | None) -> dict[str, Any]:
 
 
 def _interrupted(terminated: dict[str, Any]) -> bool:
-    """A trainer that was told to stop (SIGTERM: preemption, eviction, node drain) and checkpointed first."""
-    if terminated.get("exitCode") != INTERRUPTED_EXIT_CODE:
-        return False
+    """A trainer that was told to stop (SIGTERM: preemption, eviction, node drain) and checkpointed first.
+
+    Only the trainer's own summary says so: the container's exit code is torchrun's, which exits with 1 when it
+    receives SIGTERM even though its workers checkpointed and exited with 143.
+    """
     return parse_termination_message(terminated.get("message")).get("reason") == INTERRUPTED
 
 

@@ -48,8 +48,8 @@ STATUS = """
 | `reason`, `message` | the reason and message of the condition that sets the phase |
 | `startTime`, `completionTime` | when the first attempt started and when the job ended |
 | `jobName`, `restarts` | the current attempt's batch/v1 Job (`<name>-r<restarts>`) and whole-group restarts so far |
-| `preemptions` | restarts after an interruption (a worker got SIGTERM, saved a checkpoint and exited with 143: |
-| | preemption, eviction, node drain); they do not count against `runPolicy.backoffLimit` |
+| `preemptions` | restarts after an interruption (a worker got SIGTERM and saved a checkpoint first: preemption, |
+| | eviction, node drain); they do not count against `runPolicy.backoffLimit` |
 | `serviceName` | the headless Service for the torchrun rendezvous |
 | `progress.step`, `.totalSteps`, `.percent` | training progress, read from the MLflow run |
 | | (trainer pods have no API access) |

@@ -13,7 +13,8 @@ What is mapped, and how:
   each, so every Job gets its own free host port for each container port.
 - the Job controller: one pod per completion index at once (parallelism = completions); Complete when every
   index succeeded; Failed at the first failed pod (backoffLimit 0; reason PodFailurePolicy when its exit code
-  matches a FailJob rule), after which the remaining pods get SIGTERM, then SIGKILL after the grace period.
+  matches a FailJob rule), after which the remaining pods get SIGTERM (their main process, like PID 1 of a
+  container), then SIGKILL for all their processes after the grace period.
   A deleted Job's pods are stopped and deleted, as garbage collection would.
 - the kubelet's termination message: the file's content, or the log tail when the container failed without
   writing one and the policy is FallbackToLogsOnError.
@@ -82,10 +83,9 @@ class LocalPod:
         return ""
 
     def terminate(self, grace_seconds: float) -> None:
-        """SIGTERM to the container's process group now, SIGKILL once the grace period is over."""
+        """SIGTERM to the container's main process now, SIGKILL to all its processes after the grace period."""
         if self.process.poll() is None and self.kill_at is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.send_signal(signal.SIGTERM)
             self.kill_at = time.monotonic() + grace_seconds
 
     def enforce_grace_period(self) -> None:
@@ -370,6 +370,10 @@ class LocalKubelet:
 
     def pod(self, job: str, index: int) -> LocalPod:
         return next(pod for pod in self.jobs[job].pods if pod.index == index)
+
+    def evict(self, job: str, index: int) -> None:
+        """What the kubelet does on preemption or a node drain."""
+        self.pod(job, index).terminate(self.grace_seconds)
 
     def kill_workers(self, job: str, index: int) -> list[int]:
         """SIGKILL the trainer processes under pod `index`'s torchrun, as the kernel's OOM killer would."""

@@ -2,7 +2,8 @@
 creates an Indexed Job whose two pods a local kubelet runs as real processes (torchrun, gloo); the trainers
 read from and write to the real S3 server and log to the real MLflow server, and the resource ends Succeeded.
 The second test kills one worker mid-run: the operator restarts the group and the retry resumes from the
-checkpoint in S3."""
+checkpoint in S3. The third evicts a pod (SIGTERM): the group checkpoints the step it is at, and the restart
+resumes there without using up the retry budget."""
 
 from __future__ import annotations
 
@@ -43,7 +44,9 @@ def uploaded(scenario: Path, s3_server, request) -> dict[str, str]:
     return uris
 
 
-def _document(name: str, uris: dict[str, str], *, steps: int, checkpoint_every: int) -> dict[str, Any]:
+def _document(
+    name: str, uris: dict[str, str], *, steps: int, checkpoint_every: int, backoff_limit: int = 3
+) -> dict[str, Any]:
     return {
         "apiVersion": "unlearning.dev/v1alpha1",
         "kind": "UnlearningJob",
@@ -66,6 +69,7 @@ def _document(name: str, uris: dict[str, str], *, steps: int, checkpoint_every: 
             "storage": {"credentialsSecret": SECRET},
             "tracking": {"experiment": "end-to-end"},
             "audit": {"requestId": f"ticket-{name}"},
+            "runPolicy": {"backoffLimit": backoff_limit},
         },
     }
 
@@ -194,3 +198,28 @@ async def test_a_killed_worker_restarts_the_group_which_resumes_from_the_checkpo
     history = client.get_metric_history(run_id, "progress/resumedFrom")
     assert sorted((m.step, m.value) for m in history) == [(0, 0.0), (resumed_from, float(resumed_from))]
     assert client.get_run(run_id).info.status == "FINISHED"
+
+
+async def test_an_evicted_pod_checkpoints_and_the_restart_is_not_counted_as_a_failure(
+    cluster, kmock, s3_server, mlflow_server, uploaded, tmp_path
+):
+    steps = 400
+    async with _platform(cluster, kmock, s3_server, mlflow_server, tmp_path / "node") as kubelet:
+        document = _document("evicted", uploaded, steps=steps, checkpoint_every=10, backoff_limit=0)
+        await cluster.apply(document)
+        await _until_phase(cluster, kubelet, "evicted", "Running")
+        await eventually(
+            lambda: kubelet.check() and _checkpoint_steps(s3_server, uploaded["output"]),
+            timeout=TRAINER_TIMEOUT,
+            what="a checkpoint in S3",
+        )
+        kubelet.evict("evicted-r0", 1)
+        status = await _until_phase(cluster, kubelet, "evicted", "Succeeded")
+        summaries = [json.loads(pod.termination_log.read_text()) for pod in kubelet.jobs["evicted-r0"].pods]
+
+    assert {summary["reason"] for summary in summaries} == {"Interrupted"}, "every worker stopped at a checkpoint"
+    stopped = summaries[0]["step"]
+    assert status["restarts"] == 1 and status["preemptions"] == 1, "with backoffLimit 0 only a preemption restarts"
+    assert status["lastRestart"]["reason"] == "Interrupted"
+    assert status["progress"]["resumedFrom"] == stopped, "the restart resumes at the step the group stopped at"
+    assert status["progress"]["step"] == steps

@@ -87,3 +87,6 @@ def test_an_interruption_is_the_root_cause_only_when_no_worker_failed_on_its_own
     killed = _pod("job-r0-0-a", 143, "")
     failure, _ = pod_failure([killed], [2, 3, 4])
     assert failure is not None and failure.reason != "Interrupted", "143 without the trainer's summary is no checkpoint"
+    under_torchrun = _pod("job-r0-0-a", 1, json.dumps({"reason": "Interrupted", "message": "interrupted after 9"}))
+    failure, _ = pod_failure([lost_peer, under_torchrun], [2, 3, 4])
+    assert failure is not None and failure.reason == "Interrupted", "torchrun exits 1 on SIGTERM"
