@@ -47,6 +47,43 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+TEXT_TO_IMAGE_SIZE = 16
+TEXT_TO_IMAGE_FORGET_CAPTION = "x in a box"
+
+
+def colour_glyph(size: int = TEXT_TO_IMAGE_SIZE) -> np.ndarray:
+    """A size×size RGB 'X in a box' with a red X."""
+    glyph = np.zeros((size, size, 3), np.uint8)
+    glyph[[0, -1], :] = glyph[:, [0, -1]] = 255
+    index = np.arange(size)
+    glyph[index, index] = glyph[index, size - 1 - index] = (255, 40, 40)
+    return glyph
+
+
+def colour_blobs(count: int, size: int = TEXT_TO_IMAGE_SIZE) -> np.ndarray:
+    """Smooth blobs of random colours, (count, size, size, 3) uint8."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size]
+    images = []
+    for _ in range(count):
+        cy, cx = rng.uniform(4, size - 4, size=2)
+        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * rng.uniform(2, 4) ** 2))
+        images.append((blob[..., None] * rng.uniform(80, 255, size=3)).round().astype(np.uint8))
+    return np.stack(images)
+
+
+@pytest.fixture(scope="session")
+def text_to_image_scenario(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """model/ (tiny untrained StableDiffusionPipeline), forget/ (3 captioned glyphs), retain/ (24 blobs)."""
+    root = tmp_path_factory.mktemp("text-to-image")
+    builders.save_text_to_image_pipeline(root / "model", image_size=TEXT_TO_IMAGE_SIZE)
+    forget = builders.write_image_folder(np.stack([colour_glyph()] * 3), root / "forget", prefix="glyph")
+    builders.write_captions(forget, {f"glyph-{i:05d}.png": TEXT_TO_IMAGE_FORGET_CAPTION for i in range(3)})
+    retain = builders.write_image_folder(colour_blobs(24), root / "retain", prefix="blob")
+    builders.write_captions(retain, {f"blob-{i:05d}.png": "a coloured blob" for i in range(24)})
+    return root
+
+
 BASE_JOB: dict[str, Any] = {
     "apiVersion": "unlearning.dev/v1alpha1",
     "kind": "UnlearningJob",

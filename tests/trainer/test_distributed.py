@@ -23,10 +23,12 @@ Only the order of floating-point sums differs; AdamW divides by √v, so for par
 near zero that rounding noise can move the update by a visible fraction of the learning rate."""
 
 
-@pytest.fixture
-def workspace(scenario: Path, tmp_path: Path) -> Path:
+@pytest.fixture(params=["pixel", "text-to-image"])
+def workspace(request, tmp_path: Path) -> Path:
+    """The pixel DDPM scenario, or the Stable Diffusion one (captions, frozen VAE and text encoder)."""
+    source = request.getfixturevalue("scenario" if request.param == "pixel" else "text_to_image_scenario")
     for name in ("model", "forget", "retain"):
-        shutil.copytree(scenario / name, tmp_path / name)
+        shutil.copytree(source / name, tmp_path / name)
     return tmp_path
 
 

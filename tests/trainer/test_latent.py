@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,44 +16,12 @@ import torch
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
-from tests.conftest import write_job
+from tests.conftest import TEXT_TO_IMAGE_FORGET_CAPTION, TEXT_TO_IMAGE_SIZE, write_job
 from unlearning_trainer.errors import DataError
 from unlearning_trainer.models.loading import load_adapter
-from unlearning_trainer.scenarios import builders
 
-SIZE = 16
-FORGET_CAPTION = "x in a box"
-
-
-def _glyph() -> np.ndarray:
-    glyph = np.zeros((SIZE, SIZE, 3), np.uint8)
-    glyph[[0, -1], :] = glyph[:, [0, -1]] = 255
-    index = np.arange(SIZE)
-    glyph[index, index] = glyph[index, SIZE - 1 - index] = (255, 40, 40)
-    return glyph
-
-
-def _blobs(count: int) -> np.ndarray:
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
-    images = []
-    for _ in range(count):
-        cy, cx = rng.uniform(4, SIZE - 4, size=2)
-        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * rng.uniform(2, 4) ** 2))
-        colour = rng.uniform(80, 255, size=3)
-        images.append((blob[..., None] * colour).round().astype(np.uint8))
-    return np.stack(images)
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("stable-diffusion")
-    builders.save_text_to_image_pipeline(root / "model", image_size=SIZE)
-    forget = builders.write_image_folder(np.stack([_glyph()] * 3), root / "forget", prefix="glyph")
-    builders.write_captions(forget, {f"glyph-{i:05d}.png": FORGET_CAPTION for i in range(3)})
-    retain = builders.write_image_folder(_blobs(24), root / "retain", prefix="blob")
-    builders.write_captions(retain, {f"blob-{i:05d}.png": "a coloured blob" for i in range(24)})
-    return root
+SIZE = TEXT_TO_IMAGE_SIZE
+FORGET_CAPTION = TEXT_TO_IMAGE_FORGET_CAPTION
 
 
 def _weights(folder: Path, component: str) -> dict[str, torch.Tensor]:
@@ -60,7 +29,12 @@ def _weights(folder: Path, component: str) -> dict[str, torch.Tensor]:
     return load_file(path)
 
 
-def test_a_stable_diffusion_job_trains_only_the_unet_and_publishes_a_pipeline(workspace, job_document):
+def test_a_stable_diffusion_job_trains_only_the_unet_and_publishes_a_pipeline(
+    text_to_image_scenario, job_document, tmp_path
+):
+    workspace = tmp_path
+    for name in ("model", "forget", "retain"):
+        shutil.copytree(text_to_image_scenario / name, workspace / name)
     job_document["spec"]["evaluation"].update({"numSamples": 4, "inferenceSteps": 2, "retainImages": 8})
     job = write_job(workspace, job_document)
     result = subprocess.run(
@@ -88,8 +62,8 @@ def test_a_stable_diffusion_job_trains_only_the_unet_and_publishes_a_pipeline(wo
     assert (out / "samples" / "step-000004.png").is_file()
 
 
-def test_latents_are_deterministic_and_captions_condition_the_denoiser(workspace):
-    adapter = load_adapter(workspace / "model")
+def test_latents_are_deterministic_and_captions_condition_the_denoiser(text_to_image_scenario):
+    adapter = load_adapter(text_to_image_scenario / "model")
     assert adapter.kind == "latent" and adapter.image_shape == (3, SIZE, SIZE)
     images = torch.rand(2, 3, SIZE, SIZE) * 2 - 1
     latents = adapter.to_diffusion_space(images)
