@@ -35,6 +35,12 @@ def test_discretized_gaussian_sums_to_one_over_the_8_bit_bins():
     assert log_p.exp().sum().item() == pytest.approx(1.0, abs=1e-9)
 
 
+def test_gaussian_log_likelihood_is_the_normal_density():
+    x, mean, log_scale = torch.randn(5, dtype=torch.float64), torch.randn(5, dtype=torch.float64), torch.rand(5)
+    expected = torch.distributions.Normal(mean, log_scale.double().exp()).log_prob(x)
+    assert torch.allclose(metrics.gaussian_log_likelihood(x, mean, log_scale.double()), expected)
+
+
 def test_normal_kl_is_zero_for_equal_gaussians_and_matches_closed_form():
     zero = torch.zeros(3)
     assert metrics.normal_kl(zero, zero, zero, zero).abs().max() == 0

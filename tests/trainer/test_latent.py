@@ -89,3 +89,27 @@ def test_an_unsupported_pipeline_is_named_with_the_supported_ones(tmp_path):
     message = str(caught.value)
     assert "spec.model.uri" in message and "StableDiffusionXLPipeline" in message
     assert "Fix: use one of DDIMPipeline, DDPMPipeline, StableDiffusionPipeline" in message
+
+
+@pytest.mark.parametrize("fixture", ["scenario", "text_to_image_scenario"])
+def test_models_that_do_not_predict_the_noise_are_refused(fixture, request, tmp_path):
+    shutil.copytree(request.getfixturevalue(fixture) / "model", tmp_path / "model")
+    config_path = tmp_path / "model" / "scheduler" / "scheduler_config.json"
+    config_path.write_text(json.dumps(json.loads(config_path.read_text()) | {"prediction_type": "v_prediction"}))
+    with pytest.raises(DataError, match=r"spec.model.uri: the scheduler predicts 'v_prediction'.*Fix:"):
+        load_adapter(tmp_path / "model")
+
+
+def test_the_probability_flow_likelihood_is_refused_for_latents(text_to_image_scenario, job_document, tmp_path):
+    for name in ("model", "forget", "retain"):
+        shutil.copytree(text_to_image_scenario / name, tmp_path / name)
+    job_document["spec"]["evaluation"]["nll"] = {"method": "pf-ode"}
+    job = write_job(tmp_path, job_document)
+    result = subprocess.run(
+        [sys.executable, "-m", "unlearning_trainer.cli", "run", str(job), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 2
+    assert "spec.evaluation.nll.method" in result.stderr and "Fix: use vlb" in result.stderr

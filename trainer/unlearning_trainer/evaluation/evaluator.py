@@ -13,6 +13,7 @@ import torch
 
 from unlearning_trainer.data.imagefolder import ImageSet
 from unlearning_trainer.data.sampling import InfiniteSampler, generator_for
+from unlearning_trainer.errors import SpecError
 from unlearning_trainer.evaluation import grids, likelihood, metrics, quality
 from unlearning_trainer.models.adapter import DiffusionAdapter
 from unlearning_trainer.objectives.losses import NoiseDraw, draw_noise, per_sample_error
@@ -33,6 +34,11 @@ class Evaluator:
         device: torch.device,
         classifier: quality.DomainClassifier | None = None,
     ) -> None:
+        if spec.nll.method == "pf-ode" and not adapter.discrete:
+            raise SpecError(
+                "spec.evaluation.nll.method: pf-ode assumes 8-bit pixels and a linear β schedule, which a "
+                f"{adapter.kind} model does not have. Fix: use vlb."
+            )
         self.adapter = adapter
         self.spec = spec
         self.device = device
@@ -92,6 +98,7 @@ class Evaluator:
                     self.adapter.betas,
                     terms=self.spec.nll.timesteps,
                     generator=generator,
+                    discrete=self.adapter.discrete,
                 )
             else:
                 total = len(self.adapter.alphas_cumprod)

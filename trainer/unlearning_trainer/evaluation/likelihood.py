@@ -2,9 +2,10 @@
 
 Two estimators:
 - `vlb_nll`: the discrete variational bound of Ho et al. (2020), L_T + Σ_{t≥1} L_{t−1} + L_0, with the
-  decoder integrated over 8-bit bins. It is an upper bound on the NLL. With `terms` < T − 1 the middle sum is
-  estimated without bias: the first terms/2 timesteps (where the bound's mass concentrates) exactly, the rest
-  by stratified sampling, one random timestep per equal-width stratum weighted by the stratum's width.
+  decoder integrated over 8-bit bins (pixels) or taken as a density (latents). It is an upper bound on the
+  NLL. With `terms` < T − 1 the middle sum is estimated without bias: the first terms/2 timesteps (where the
+  bound's mass concentrates) exactly, the rest by stratified sampling, one random timestep per equal-width
+  stratum weighted by the stratum's width.
 - `pf_ode_nll`: the exact likelihood of the probability-flow ODE (Song et al. 2021), as in the SISS paper:
   VP-SDE with the continuous form of the linear schedule, Hutchinson divergence, RK45, +7 bits for the 8-bit
   dequantization.
@@ -48,8 +49,10 @@ def vlb_nll(
     terms: int,
     generator: torch.Generator,
     variance: str = "fixed_small",
+    discrete: bool = True,
 ) -> torch.Tensor:
-    """Variational bound on −log p(x0) in nats for one image x0 (C, H, W) in [−1, 1]."""
+    """Variational bound on −log p(x0) in nats for one image x0 (C, H, W): 8-bit data in [−1, 1] (`discrete`),
+    or continuous data such as VAE latents, whose decoder term is then a Gaussian density, not a bin mass."""
     abar = alphas_cumprod.double()
     abar_prev = torch.cat([abar.new_ones(1), abar[:-1]])
     posterior_var = betas * (1 - abar_prev) / (1 - abar)
@@ -78,7 +81,10 @@ def vlb_nll(
         mean_model = coef_x0 * x0_hat + coef_xt * x_t
         logvar_model = model_var[t_chunk].log().view(-1, 1, 1, 1).expand_as(x)
         if weight is None:
-            decoder = metrics.discretized_gaussian_log_likelihood(x, mean_model, 0.5 * logvar_model)
+            log_likelihood = (
+                metrics.discretized_gaussian_log_likelihood if discrete else metrics.gaussian_log_likelihood
+            )
+            decoder = log_likelihood(x, mean_model, 0.5 * logvar_model)
             nll = nll - decoder.sum()
             continue
         mean_true = coef_x0 * x + coef_xt * x_t

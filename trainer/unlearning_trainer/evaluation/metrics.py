@@ -31,6 +31,11 @@ def _standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
 
 
+def gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """log N(x; μ, σ²) = −½ log 2π − log σ − (x − μ)² / 2σ², with σ = e^{log_scale} (continuous data)."""
+    return -0.5 * math.log(2 * math.pi) - log_scale - 0.5 * ((x - mean) * (-log_scale).exp()) ** 2
+
+
 def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
     """log P(x) for 8-bit data in [−1, 1] under N(mean, e^{2·log_scale}) integrated over the bin of width 2/255."""
     centered = x - mean

@@ -27,6 +27,9 @@ class DiffusionAdapter(Protocol):
     """β_t for t = 0..T−1 (float64)."""
     image_shape: tuple[int, int, int]
     """(channels, height, width) of the images the data must have."""
+    discrete: bool
+    """Whether the diffused tensors are 8-bit pixels (True) or continuous latents (False); the likelihood
+    needs to know."""
 
     def to(self, device: torch.device) -> None:
         """Move every module (the U-Net and any frozen encoders) to `device`."""

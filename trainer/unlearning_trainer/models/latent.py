@@ -3,7 +3,8 @@
 Only the U-Net trains. The VAE and the text encoder are frozen and run without gradients: images enter the
 diffusion space as the mean of the VAE posterior times the VAE's scaling factor (the mean, not a sample, so
 the same image always maps to the same latent on every rank), and captions become CLIP hidden states that
-condition the U-Net through cross-attention. The forget-set likelihood is therefore that of the latents.
+condition the U-Net through cross-attention. The forget-set likelihood is therefore that of the latents (a
+continuous density, comparable before and after unlearning on the same VAE, not to pixel-space bits/dim).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ GENERATION_BATCH = 64
 
 class LatentAdapter:
     kind = "latent"
+    discrete = False
 
     def __init__(self, pipeline: StableDiffusionPipeline) -> None:
         self.pipeline = pipeline

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from unlearning_trainer.errors import DataError
 from unlearning_trainer.models.adapter import DiffusionAdapter
@@ -42,6 +43,16 @@ def check_no_pickles(folder: Path) -> None:
             )
 
 
+def check_prediction_type(config: Any) -> None:
+    """Every objective and metric here reads the U-Net's output as the noise ε; refuse v- or x0-prediction."""
+    prediction = config.get("prediction_type", "epsilon")
+    if prediction != "epsilon":
+        raise DataError(
+            f"spec.model.uri: the scheduler predicts {prediction!r}, but unlearning objectives here are written "
+            "for ε-prediction models (e.g. Stable Diffusion 1.x, DDPM). Fix: use an ε-prediction model."
+        )
+
+
 def load_adapter(folder: Path) -> DiffusionAdapter:
     """Build the adapter for the pipeline in `folder`: pixel-space DDPM/DDIM, or Stable Diffusion (latent,
     text-conditioned; its safety checker is not loaded, since the trainer never shows samples to anyone)."""
@@ -53,25 +64,25 @@ def load_adapter(folder: Path) -> DiffusionAdapter:
 
         from unlearning_trainer.models.pixel import PixelAdapter
 
-        unet = UNet2DModel.from_pretrained(folder / "unet", use_safetensors=True)
         scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
+        check_prediction_type(scheduler.config)
+        unet = UNet2DModel.from_pretrained(folder / "unet", use_safetensors=True)
         return PixelAdapter(unet, scheduler)
     if pipeline_class in LATENT_PIPELINES:
-        from diffusers import StableDiffusionPipeline
-
+        stable_diffusion = _import_stable_diffusion()
         from unlearning_trainer.models.latent import LatentAdapter
 
-        pipeline = StableDiffusionPipeline.from_pretrained(
+        pipeline = stable_diffusion.from_pretrained(
             folder, use_safetensors=True, safety_checker=None, feature_extractor=None, requires_safety_checker=False
         )
+        check_prediction_type(pipeline.scheduler.config)
         return LatentAdapter(pipeline)
     supported = ", ".join(sorted(PIXEL_PIPELINES | LATENT_PIPELINES))
     raise DataError(f"spec.model.uri: pipeline class {pipeline_class!r} is not supported. Fix: use one of {supported}.")
 
 
 def _quiet_libraries() -> None:
-    """No loading and saving progress bars from diffusers and transformers (the trainer reports its own
-    progress), and no transformers warnings about image processors, which the trainer never uses."""
+    """No loading and saving progress bars from diffusers and transformers: the trainer reports its own."""
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.disable_progress_bar()
@@ -80,4 +91,17 @@ def _quiet_libraries() -> None:
     except ImportError:
         return
     transformers_logging.disable_progress_bar()
+
+
+def _import_stable_diffusion() -> type:
+    """StableDiffusionPipeline, imported without transformers' warnings about image-processor backends (the
+    safety checker's feature extractor, which the trainer never loads); other warnings stay on."""
+    from transformers.utils import logging as transformers_logging
+
+    verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()
+    try:
+        from diffusers import StableDiffusionPipeline
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    return StableDiffusionPipeline

@@ -14,6 +14,7 @@ GENERATION_BATCH = 256
 
 class PixelAdapter:
     kind = "pixel"
+    discrete = True
 
     def __init__(self, unet: UNet2DModel, scheduler: DDPMScheduler) -> None:
         self.unet = unet
