@@ -5,7 +5,7 @@ Running (the benchmark plays the Job controller and marks each Job active as soo
 p50 and p95 over jobs and the peak RSS of the process (operator, emulator and benchmark share it, so this
 is an upper bound for the operator). Writes benchmarks/results/operator_load.md.
 
-It runs twice, side by side: against an emulator that remembers only the current request, and against one
+It runs twice, side by side: against an emulator that forgets each request once answered, and against one
 that keeps its whole request log (kmock's default). kmock matches each request against that log once per
 built-in reaction, so the second run shows how much of the latency is the emulator's, not the operator's.
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import resource
 import statistics
 import sys
@@ -55,26 +56,35 @@ async def measure(count: int, emulator_class: type[VersionedEmulator]) -> tuple[
             running_at: dict[str, float] = {}
             async with running_operator(emulator, Settings(progress_poll_seconds=300)):
                 start = time.perf_counter()
+                activations: list[asyncio.Task[None]] = []
+
+                async def watch() -> None:
+                    """Poll from before the first create; play the Job controller without delaying the poll."""
+                    while len(running_at) < count and time.perf_counter() - start < 300:
+                        jobs = {job["metadata"]["name"] for job in cluster.children("jobs")}
+                        phases = {
+                            job["metadata"]["name"]: (job.get("status") or {}).get("phase")
+                            for job in cluster.children("unlearningjobs")
+                        }
+                        now = time.perf_counter()
+                        for name in names:
+                            if name not in job_at and f"{name}-r0" in jobs:
+                                job_at[name] = now
+                                activations.append(
+                                    asyncio.create_task(cluster.set_job_status(f"{name}-r0", {"active": 1}))
+                                )
+                            if name not in running_at and phases.get(name) == "Running":
+                                running_at[name] = now
+                        await asyncio.sleep(0.02)
 
                 async def submit(name: str) -> None:
                     created_at[name] = time.perf_counter()
                     await cluster.apply(job_document(name))
 
+                watcher = asyncio.create_task(watch())
                 await asyncio.gather(*(submit(name) for name in names))
-                while len(running_at) < count and time.perf_counter() - start < 300:
-                    jobs = {job["metadata"]["name"] for job in cluster.children("jobs")}
-                    phases = {
-                        job["metadata"]["name"]: (job.get("status") or {}).get("phase")
-                        for job in cluster.children("unlearningjobs")
-                    }
-                    now = time.perf_counter()
-                    for name in names:
-                        if name not in job_at and f"{name}-r0" in jobs:
-                            job_at[name] = now
-                            await cluster.set_job_status(f"{name}-r0", {"active": 1})
-                        if name not in running_at and phases.get(name) == "Running":
-                            running_at[name] = now
-                    await asyncio.sleep(0.05)
+                await watcher
+                await asyncio.gather(*activations)
             to_job = {n: job_at[n] - created_at[n] for n in job_at}
             to_running = {n: running_at[n] - created_at[n] for n in running_at}
     return to_job, to_running
@@ -84,6 +94,9 @@ def _rows(label: str, count: int, to_job: dict[str, float], to_running: dict[str
     rows = []
     for latency, values in (("create → trainer Job exists", to_job), ("create → status Running", to_running)):
         seconds = list(values.values())
+        if not seconds:
+            rows.append(f"| {label} | {latency} | 0/{count} | – | – | – |")
+            continue
         rows.append(
             f"| {label} | {latency} | {len(seconds)}/{count} | {statistics.median(seconds):.2f} | "
             f"{percentile(seconds, 0.95):.2f} | {max(seconds):.2f} |"
@@ -98,7 +111,7 @@ def main() -> None:
     lean = asyncio.run(measure(args.jobs, LeanEmulator))
     lean_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     full = asyncio.run(measure(args.jobs, VersionedEmulator))
-    ratio = statistics.median(full[1].values()) / statistics.median(lean[1].values())
+    ratio = statistics.median(full[1].values() or [math.nan]) / statistics.median(lean[1].values() or [math.nan])
     text = "\n".join(
         [
             "# Operator load: concurrent UnlearningJobs against the kmock API emulator",
@@ -109,13 +122,14 @@ def main() -> None:
             "",
             "| emulator | latency | jobs | p50 (s) | p95 (s) | max (s) |",
             "|---|---|---|---|---|---|",
-            *_rows("current request only", args.jobs, *lean),
+            *_rows("answered requests forgotten", args.jobs, *lean),
             *_rows("whole request log (kmock default)", args.jobs, *full),
             "",
             f"With the whole request log, create → Running takes {ratio:.1f}× as long at the median: kmock matches",
-            "every request against its log once per built-in reaction (quadratic in the number of requests; a",
-            "profile puts about 90% of the CPU time there), so the first rows are the better upper bound for",
-            "the operator's own latency (operator, emulator and this benchmark still share one event loop).",
+            "every request against its log once per built-in reaction, which is quadratic in the number of",
+            "requests (`python -m cProfile benchmarks/operator_load.py` shows it: about 90% of the CPU time on",
+            "2026-12-01). The first rows are the better upper bound for the operator's own latency; operator,",
+            "emulator and this benchmark still share one event loop, so timestamps are as coarse as it is busy.",
             f"Peak RSS of the process in the first run (operator + emulator + benchmark): {lean_rss:.0f} MiB.",
         ]
     )

@@ -31,7 +31,7 @@ class Failure:
 @dataclass(frozen=True)
 class Observation:
     state: str
-    """One of Pending, Running, Suspended, Succeeded, Failed."""
+    """One of Pending, Running, Stopping, Suspended, Succeeded, Failed."""
     reason: str
     message: str
     failure: Failure | None = None
@@ -138,8 +138,18 @@ def _summary(pods: list[dict[str, Any]]) -> dict[str, Any]:
     return {}
 
 
+def _running(pods: list[dict[str, Any]]) -> bool:
+    return any(_terminated(pod) is None and (pod.get("status") or {}).get("phase") == "Running" for pod in pods)
+
+
 def observe(job: dict[str, Any] | None, pods: list[dict[str, Any]], permanent_codes: list[int]) -> Observation:
-    """What the child Job and its pods say about the attempt."""
+    """What the child Job and its pods say about the attempt.
+
+    A failed attempt is judged by the Job controller's `Failed` condition, or by `FailureTarget` once no pod
+    runs any more (Kubernetes ≥ 1.31 sets Failed only after the remaining pods are gone): every worker's exit
+    is then known, so the root cause is not just the first report to arrive. A failed pod that the Job
+    controller ignores (podFailurePolicy Ignore for disruptions) fails nothing.
+    """
     if job is None:
         return Observation("Pending", "JobMissing", "the trainer Job does not exist yet")
     status = job.get("status") or {}
@@ -154,13 +164,17 @@ def observe(job: dict[str, Any] | None, pods: list[dict[str, Any]], permanent_co
             resumed_from=summary.get("resumedFrom"),
             audit_passed=summary.get("auditPassed"),
         )
-    failed = _condition(job, "Failed") or _condition(job, "FailureTarget")
-    failure, permanent = pod_failure(pods, permanent_codes)
-    if failed or failure is not None:
-        reason = failed.get("reason", "JobFailed") if failed else "PodFailed"
+    failed = _condition(job, "Failed")
+    target = _condition(job, "FailureTarget")
+    if target and not failed and _running(pods):
+        return Observation("Stopping", "WorkersStopping", "a worker failed; waiting for the others to stop")
+    failed = failed or target
+    if failed:
+        failure, permanent = pod_failure(pods, permanent_codes)
+        reason = failed.get("reason", "JobFailed")
         if failure is None:
-            failure = Failure(None, reason, failed.get("message", "") if failed else "")
-        if failed and reason == "DeadlineExceeded":
+            failure = Failure(None, reason, failed.get("message", ""))
+        if reason == "DeadlineExceeded":
             return Observation("Failed", "DeadlineExceeded", failed.get("message", ""), failure, permanent=True)
         return Observation("Failed", failure.reason, failure.message, failure, permanent=permanent)
     if (job.get("spec") or {}).get("suspend"):

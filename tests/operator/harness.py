@@ -33,15 +33,20 @@ _VERSIONS = itertools.count(1)
 
 @attrs.define(kw_only=True)
 class VersionedEmulator(kmock.KubernetesEmulator):
-    history: int | None = None
-    """Keep only the newest N requests. kmock matches every request against its whole request history, once per
-    built-in reaction, which makes a long run quadratic; tests that inspect the requests keep them all."""
+    keep_requests: bool = True
+    """Whether the request log keeps handled requests. kmock matches every request against its whole log, once
+    per built-in reaction, which makes a long run quadratic; tests that inspect the requests keep them all."""
     watches: list[str] = attrs.field(factory=list)
-    """URLs of every watch request, kept whatever `history` drops."""
+    """URLs of every watch request, kept even when the log is not."""
 
     async def _handle(self, request: Any) -> Any:
-        if self.history is not None and len(self._requests) > self.history:
-            del self._requests[: -self.history]
+        try:
+            return await self._versioned(request)
+        finally:
+            if not self.keep_requests:
+                self._requests[:] = [kept for kept in self._requests if kept is not request]
+
+    async def _versioned(self, request: Any) -> Any:
         if "watch" in request.params:
             self.watches.append(str(request.url))
         if request.resource is not None and request.action in (kmock.action.CREATE, kmock.action.UPDATE):
@@ -70,9 +75,9 @@ class VersionedEmulator(kmock.KubernetesEmulator):
 
 @attrs.define(kw_only=True)
 class LeanEmulator(VersionedEmulator):
-    """Remembers only the current request: for tests and benchmarks that never read the request log."""
+    """Forgets each request once it is answered: for tests and benchmarks that never read the request log."""
 
-    history: int | None = 1
+    keep_requests: bool = False
 
 
 def declare_resources(emulator: kmock.KubernetesEmulator) -> None:

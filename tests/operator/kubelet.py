@@ -12,9 +12,11 @@ What is mapped, and how:
   that name selects the pod, as cluster DNS would answer. Pods share one host here instead of having an IP
   each, so every Job gets its own free host port for each container port.
 - the Job controller: one pod per completion index at once (parallelism = completions); Complete when every
-  index succeeded; Failed at the first failed pod (backoffLimit 0; reason PodFailurePolicy when its exit code
-  matches a FailJob rule), after which the remaining pods get SIGTERM (their main process, like PID 1 of a
-  container), then SIGKILL for all their processes after the grace period.
+  index succeeded. At the first failed pod (backoffLimit 0; reason PodFailurePolicy when its exit code matches
+  a FailJob rule) it sets FailureTarget and stops the other pods: SIGTERM to the main process (PID 1 of a
+  container), SIGKILL to all processes after terminationGracePeriodSeconds (10 s unless the pod says); once
+  none runs it sets Failed, as Kubernetes 1.31 and later do. When a container's main process exits, the rest
+  of its processes are killed, as the container runtime does.
   A deleted Job's pods are stopped and deleted, as garbage collection would.
 - the kubelet's termination message: the file's content, or the log tail when the container failed without
   writing one and the policy is FallbackToLogsOnError.
@@ -61,13 +63,16 @@ def _now() -> str:
 class LocalPod:
     name: str
     index: int
+    container: str
     process: subprocess.Popen[bytes]
     folder: Path
     log: Path
     termination_log: Path
     fallback_to_logs: bool
+    grace_seconds: float
     reported: bool = False
     kill_at: float | None = None
+    reaped: bool = False
 
     def exit_code(self) -> int | None:
         code = self.process.poll()
@@ -82,21 +87,25 @@ class LocalPod:
             return self.log.read_bytes()[-LOG_TAIL_BYTES:].decode(errors="replace")
         return ""
 
-    def terminate(self, grace_seconds: float) -> None:
+    def terminate(self) -> None:
         """SIGTERM to the container's main process now, SIGKILL to all its processes after the grace period."""
         if self.process.poll() is None and self.kill_at is None:
             self.process.send_signal(signal.SIGTERM)
-            self.kill_at = time.monotonic() + grace_seconds
+            self.kill_at = time.monotonic() + self.grace_seconds
 
     def enforce_grace_period(self) -> None:
-        if self.kill_at is not None and time.monotonic() >= self.kill_at and self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
+        if self.kill_at is not None and time.monotonic() >= self.kill_at:
+            self.reap()
+
+    def reap(self) -> None:
+        """SIGKILL to every process left in the container, as the runtime does once its main process is gone."""
+        if not self.reaped:
+            self.reaped = True
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.process.pid, signal.SIGKILL)
 
     def kill_now(self) -> None:
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
+        self.reap()
         self.process.wait()
 
 
@@ -106,8 +115,10 @@ class LocalJob:
     body: dict[str, Any]
     pods: list[LocalPod] = field(default_factory=list)
     state: str = "Running"
-    """Running, Complete or Failed, as this Job controller decided."""
+    """Running, Failing (a pod failed, the others are stopping), Failed or Complete."""
     deleted: bool = False
+    failure: dict[str, str] = field(default_factory=dict)
+    """The body of the FailureTarget and Failed conditions, once a pod failed."""
 
 
 class LocalKubelet:
@@ -150,17 +161,21 @@ class LocalKubelet:
 
     async def sync(self) -> None:
         listed = await self.cluster.request("GET", f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs")
-        live = {job["metadata"]["name"]: job for job in listed.get("items", [])}
-        for name, body in live.items():
-            if name not in self.jobs and not body["spec"].get("suspend"):
-                self.jobs[name] = await self._start(body)
-        for name, job in self.jobs.items():
-            if name not in live and not job.deleted:
+        live = {job["metadata"]["uid"]: job for job in listed.get("items", [])}
+        for uid, body in live.items():
+            if uid not in self.jobs and not body["spec"].get("suspend"):
+                await self._start(uid, body)
+        for uid, job in list(self.jobs.items()):
+            if uid not in live and not job.deleted:
                 await self._collect_garbage(job)
             for pod in job.pods:
                 pod.enforce_grace_period()
             if not job.deleted:
                 await self._report(job)
+
+    def job(self, name: str) -> LocalJob:
+        """The newest Job of that name that this kubelet ran."""
+        return [job for job in self.jobs.values() if job.name == name][-1]
 
     def stop(self) -> None:
         """Kill every process this kubelet started (the end of a test)."""
@@ -170,21 +185,25 @@ class LocalKubelet:
 
     # ----- starting pods ------------------------------------------------------------------------------------
 
-    async def _start(self, body: dict[str, Any]) -> LocalJob:
+    async def _start(self, uid: str, body: dict[str, Any]) -> None:
         name = body["metadata"]["name"]
         spec = body["spec"]
         template = spec["template"]
-        job = LocalJob(name=name, body=body)
+        job = self.jobs[uid] = LocalJob(name=name, body=body)
         ports = {
             port["containerPort"]: free_port()
             for container in template["spec"]["containers"]
             for port in container.get("ports", [])
         }
         hosts = await self._resolvable_hosts(body)
-        for index in range(spec.get("completions", 1)):
-            job.pods.append(await self._start_pod(body, index, ports, hosts))
+        try:
+            for index in range(spec.get("completions", 1)):
+                job.pods.append(await self._start_pod(body, index, ports, hosts))
+        except BaseException:
+            for pod in job.pods:
+                pod.kill_now()
+            raise
         await self._job_status(name, {"active": len(job.pods), "ready": len(job.pods), "startTime": _now()})
-        return job
 
     async def _resolvable_hosts(self, body: dict[str, Any]) -> dict[str, str]:
         """`<job>-<index>.<subdomain>` → 127.0.0.1 for every pod, if a headless Service selects the pods."""
@@ -257,11 +276,13 @@ class LocalKubelet:
         return LocalPod(
             name=pod_name,
             index=index,
+            container=container["name"],
             process=process,
             folder=folder,
             log=log,
             termination_log=mounts[termination_path],
             fallback_to_logs=container.get("terminationMessagePolicy") == "FallbackToLogsOnError",
+            grace_seconds=float(pod["spec"].get("terminationGracePeriodSeconds", self.grace_seconds)),
         )
 
     async def _mount_volumes(self, pod: dict[str, Any], container: dict[str, Any], folder: Path) -> dict[str, Path]:
@@ -315,35 +336,34 @@ class LocalKubelet:
             if code is None or pod.reported:
                 continue
             pod.reported = True
+            pod.reap()
             terminated = {
                 "exitCode": code,
                 "reason": "Completed" if code == 0 else "Error",
                 "message": pod.termination_message(code),
                 "finishedAt": _now(),
             }
-            status = {"name": "trainer", "ready": False, "state": {"terminated": terminated}}
-            await self._pod_status(
-                pod.name, {"phase": "Succeeded" if code == 0 else "Failed", "containerStatuses": [status]}
-            )
+            status = {"name": pod.container, "ready": False, "state": {"terminated": terminated}}
+            phase = "Succeeded" if code == 0 else "Failed"
+            await self._pod_status(pod.name, {"phase": phase, "containerStatuses": [status]})
             if code != 0:
                 newly_failed.append(code)
-        if job.state != "Running":
-            return
         active = sum(pod.exit_code() is None for pod in job.pods)
         succeeded = sum(pod.reported and pod.exit_code() == 0 for pod in job.pods)
         failed = sum(pod.reported and pod.exit_code() != 0 for pod in job.pods)
-        if newly_failed:
-            job.state = "Failed"
+        counts = {"active": active, "failed": failed, "succeeded": succeeded}
+        if job.state == "Running" and newly_failed:
+            job.state = "Failing"
             reason = "PodFailurePolicy" if _fails_job(job.body, newly_failed[0]) else "BackoffLimitExceeded"
             for pod in job.pods:
-                pod.terminate(self.grace_seconds)
-            condition = {"type": "Failed", "status": "True", "reason": reason, "lastTransitionTime": _now()}
-            target = condition | {"type": "FailureTarget"}
-            await self._job_status(
-                job.name,
-                {"active": active, "failed": failed, "succeeded": succeeded, "conditions": [target, condition]},
-            )
-        elif succeeded == len(job.pods):
+                pod.terminate()
+            job.failure = {"status": "True", "reason": reason, "lastTransitionTime": _now()}
+            await self._job_status(job.name, counts | {"conditions": [job.failure | {"type": "FailureTarget"}]})
+        if job.state == "Failing" and active == 0:
+            job.state = "Failed"
+            conditions = [job.failure | {"type": "FailureTarget"}, job.failure | {"type": "Failed"}]
+            await self._job_status(job.name, counts | {"conditions": conditions})
+        elif job.state == "Running" and succeeded == len(job.pods):
             job.state = "Complete"
             conditions = [
                 {"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": _now()},
@@ -356,7 +376,7 @@ class LocalKubelet:
     async def _collect_garbage(self, job: LocalJob) -> None:
         job.deleted = True
         for pod in job.pods:
-            pod.terminate(self.grace_seconds)
+            pod.terminate()
             await self.cluster.request("DELETE", f"/api/v1/namespaces/{NAMESPACE}/pods/{pod.name}", missing_ok=True)
 
     async def _pod_status(self, name: str, status: dict[str, Any]) -> None:
@@ -369,11 +389,11 @@ class LocalKubelet:
     # ----- what a test does to a node -----------------------------------------------------------------------
 
     def pod(self, job: str, index: int) -> LocalPod:
-        return next(pod for pod in self.jobs[job].pods if pod.index == index)
+        return next(pod for pod in self.job(job).pods if pod.index == index)
 
     def evict(self, job: str, index: int) -> None:
         """What the kubelet does on preemption or a node drain."""
-        self.pod(job, index).terminate(self.grace_seconds)
+        self.pod(job, index).terminate()
 
     def kill_workers(self, job: str, index: int) -> list[int]:
         """SIGKILL the trainer processes under pod `index`'s torchrun, as the kernel's OOM killer would."""
@@ -414,3 +434,4 @@ async def running_kubelet(cluster: Cluster, root: Path, **options: Any) -> Async
         task.cancel()
         await asyncio.wait({task}, timeout=15)
         kubelet.stop()
+    kubelet.check()
