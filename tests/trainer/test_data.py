@@ -91,6 +91,18 @@ def test_checkpoint_round_trip_and_rotation(tmp_path):
     assert restored_scheduler.get_last_lr() == scheduler.get_last_lr()
 
 
+def test_checkpoints_from_before_lr_schedules_resume_the_schedule_at_their_step(tmp_path):
+    unet, optimizer, scheduler = _model_and_optimizer(0, steps=5)
+    folder = checkpoints.save(tmp_path, unet, optimizer, scheduler, checkpoints.TrainingState(step=5), keep=1)
+    state = json.loads((folder / "state.json").read_text())
+    del state["scheduler"]
+    (folder / "state.json").write_text(json.dumps(state))
+    restored, restored_optimizer, restored_scheduler = _model_and_optimizer(1, steps=0)
+    checkpoints.load_latest(tmp_path, restored, restored_optimizer, restored_scheduler)
+    assert restored_scheduler.last_epoch == 5
+    assert restored_scheduler.get_last_lr() == scheduler.get_last_lr()
+
+
 def test_checkpoint_loading_refuses_arbitrary_pickles(tmp_path):
     unet, optimizer, scheduler = _model_and_optimizer(0)
     folder = checkpoints.save(tmp_path, unet, optimizer, scheduler, checkpoints.TrainingState(step=1), keep=1)

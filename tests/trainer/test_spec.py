@@ -52,7 +52,7 @@ def _error(document) -> str:
         ("training", "learningRate", "fast", ["spec.training.learningRate", "Fix: use a number"]),
         ("training", "batchSzie", 8, ["spec.training.batchSzie", "Fix: remove it or check its spelling"]),
         ("training", "lrScheduler", "step", ["spec.training.lrScheduler", "'cosine'", "Fix:"]),
-        ("training", "lrWarmupSteps", 300, ["spec.training.lrWarmupSteps (300)", "less than", "Fix: shorten"]),
+        ("training", "lrWarmupSteps", 10, ["spec.training.lrWarmupSteps", "constant", "Fix: use constant_with_warmup"]),
     ],
     ids=lambda v: str(v),
 )
@@ -61,6 +61,13 @@ def test_bad_fields_name_the_field_and_the_fix(job_document, section, field, val
     message = _error(job_document)
     for fragment in expected:
         assert fragment in message
+
+
+def test_a_warm_up_must_be_shorter_than_training(job_document):
+    job_document["spec"]["training"].update({"steps": 100, "lrScheduler": "cosine", "lrWarmupSteps": 100})
+    message = _error(job_document)
+    assert "spec.training.lrWarmupSteps (100) must be less than spec.training.steps (100)" in message
+    assert "Fix: shorten the warm-up" in message
 
 
 def test_output_equal_to_the_model_is_refused(job_document):

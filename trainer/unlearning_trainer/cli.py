@@ -42,7 +42,7 @@ def _run(args: argparse.Namespace) -> int:
         termination.write({"reason": "TrainerError", "message": f"{type(exc).__name__}: {exc}"})
         raise
     tracking = result.metrics.get("tracking") or {}
-    termination.write(
+    termination.write_summary(
         {
             "reason": "Succeeded" if result.metrics["status"] == "succeeded" else "Interrupted",
             "message": f"{result.metrics['status']} after {result.metrics['steps']} steps",

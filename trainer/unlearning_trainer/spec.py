@@ -97,6 +97,11 @@ class TrainingSpec(_Model):
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrainingSpec:
+        if self.lr_warmup_steps and self.lr_scheduler == "constant":
+            raise ValueError(
+                "spec.training.lrWarmupSteps is set but spec.training.lrScheduler is constant, which has no "
+                "warm-up. Fix: use constant_with_warmup, linear or cosine, or drop lrWarmupSteps."
+            )
         if self.lr_warmup_steps >= self.steps:
             raise ValueError(
                 f"spec.training.lrWarmupSteps ({self.lr_warmup_steps}) must be less than spec.training.steps "

@@ -29,3 +29,11 @@ def write(summary: dict[str, Any]) -> None:
             handle.write(text)
     except OSError:
         pass
+
+
+def write_summary(summary: dict[str, Any]) -> None:
+    """The outcome of a run, from the first process of each pod only: the processes of a pod share the file,
+    and on pod 0 the first process is global rank 0, the only one with the MLflow run id and the verdict.
+    Errors are written by any process (`write`), since the one that failed knows why."""
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        write(summary)

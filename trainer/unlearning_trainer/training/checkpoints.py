@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -94,5 +95,11 @@ def load_latest(
     unet.load_state_dict(load_file(folder / "model.safetensors"))
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
     raw = json.loads((folder / "state.json").read_text())
-    scheduler.load_state_dict(raw["scheduler"])
+    if "scheduler" in raw:
+        scheduler.load_state_dict(raw["scheduler"])
+    else:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*lr_scheduler.step\\(\\)", category=UserWarning)
+            for _ in range(raw["step"]):
+                scheduler.step()
     return TrainingState(step=raw["step"], cached_forget_scale=raw["cachedForgetScale"], history=raw["history"])
