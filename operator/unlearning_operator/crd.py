@@ -179,6 +179,7 @@ def status_schema() -> dict[str, Any]:
                 "properties": {
                     "attempt": {"type": "integer"},
                     "time": {"type": "string", "format": "date-time"},
+                    "step": {"type": "integer", "description": "The step the attempt reached, when known."},
                     "exitCode": {"type": "integer"},
                     "reason": {"type": "string"},
                     "message": {"type": "string"},

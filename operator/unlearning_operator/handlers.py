@@ -206,7 +206,7 @@ class Operator:
         status = body.get("status") or {}
         restarts = int(status.get("restarts") or 0)
         preemptions = int(status.get("preemptions") or 0)
-        interrupted = not seen.permanent and seen.reason == INTERRUPTED
+        interrupted = not seen.permanent and seen.reason == INTERRUPTED and _progressed(seen, status)
         failures = restarts - preemptions
         if seen.permanent or (not interrupted and failures >= spec.run_policy.backoff_limit):
             reason = seen.reason if seen.permanent else "BackoffLimitExceeded"
@@ -323,6 +323,14 @@ class Operator:
                 mlflow.end(run_id, "KILLED")
         except Exception as exc:
             logger.warning("could not end MLflow run %s: %s", run_id, exc)
+
+
+def _progressed(seen: Observation, status: dict[str, Any]) -> bool:
+    """Whether an interrupted attempt got further than the last restart: only then is its restart free, so a
+    job that is evicted again and again without training (for example for its own memory use) still fails."""
+    step = seen.failure.step if seen.failure else None
+    previous = (status.get("lastRestart") or {}).get("step")
+    return step is not None and (previous is None or step > previous)
 
 
 def _progress(step: int, total: int, resumed_from: int | None) -> dict[str, int]:

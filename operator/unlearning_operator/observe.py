@@ -23,9 +23,12 @@ class Failure:
     exit_code: int | None
     reason: str
     message: str
+    step: int | None = None
+    """The step the trainer reached, when its summary says (an interrupted trainer checkpointed it)."""
 
     def as_status(self) -> dict[str, Any]:
-        return {"exitCode": self.exit_code, "reason": self.reason, "message": self.message}
+        status = {"exitCode": self.exit_code, "reason": self.reason, "message": self.message}
+        return status if self.step is None else status | {"step": self.step}
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,8 @@ def pod_failure(pods: list[dict[str, Any]], permanent_codes: list[int]) -> tuple
     message = str(summary.get("message") or terminated.get("reason") or f"exit code {code}")[:MAX_MESSAGE]
     if "NCCL" in message and "timeout" in message.lower():
         reason = "NCCLTimeout"
-    return Failure(code, reason, message), code in permanent_codes
+    step = summary.get("step")
+    return Failure(code, reason, message, step if isinstance(step, int) else None), code in permanent_codes
 
 
 def _summary(pods: list[dict[str, Any]]) -> dict[str, Any]:

@@ -49,7 +49,8 @@ STATUS = """
 | `startTime`, `completionTime` | when the first attempt started and when the job ended |
 | `jobName`, `restarts` | the current attempt's batch/v1 Job (`<name>-r<restarts>`) and whole-group restarts so far |
 | `preemptions` | restarts after an interruption (a worker got SIGTERM and saved a checkpoint first: preemption, |
-| | eviction, node drain); they do not count against `runPolicy.backoffLimit` |
+| | eviction, node drain) that got further than the last restart; they do not count against |
+| | `runPolicy.backoffLimit` (an interruption without progress does) |
 | `serviceName` | the headless Service for the torchrun rendezvous |
 | `progress.step`, `.totalSteps`, `.percent` | training progress, read from the MLflow run |
 | | (trainer pods have no API access) |
@@ -60,7 +61,7 @@ STATUS = """
 | `mlflow.experimentId`, `.runId`, `.runUrl` | the MLflow run the operator created for the job |
 | `failure.exitCode`, `.reason`, `.message` | why a Failed job failed: the trainer's termination message, or |
 | | torchrun's root cause / the log tail if a worker died without writing one |
-| `lastRestart.attempt`, `.time`, `.exitCode`, `.reason`, `.message` | the failed attempt behind the latest |
+| `lastRestart.attempt`, `.time`, `.step`, `.exitCode`, `.reason`, `.message` | the failed attempt behind the latest |
 | | whole-group restart (the job may still succeed) |
 
 Trainer exit codes: 0 success; 2 invalid job, 3 model or data not found, 4 storage access denied (permanent,

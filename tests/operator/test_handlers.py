@@ -124,22 +124,24 @@ async def test_crash_before_the_trainer_wrote_a_summary_uses_the_log_tail(cluste
     assert status["failure"]["reason"] == "NCCLTimeout" and status["failure"]["exitCode"] == 137
 
 
-async def test_interruptions_do_not_use_up_the_backoff_limit(cluster, kmock):
-    interrupted = {"reason": "Interrupted", "message": "interrupted after 40 steps", "step": 40}
+async def test_interruptions_that_made_progress_do_not_use_up_the_backoff_limit(cluster, kmock):
     async with running_operator(kmock):
         await cluster.apply(job_document("spot", runPolicy={"backoffLimit": 0}))
         await _created(cluster, "spot")
-        for attempt in range(2):
-            await _fail_attempt(cluster, f"spot-r{attempt}", 143, interrupted)
+        for attempt, step in enumerate((40, 80)):
+            interrupted = {"reason": "Interrupted", "message": f"interrupted after {step} steps", "step": step}
+            await _fail_attempt(cluster, f"spot-r{attempt}", 1, interrupted)
             await eventually(lambda a=attempt: cluster.job(f"spot-r{a + 1}"), what=f"attempt {attempt + 2}")
         status = cluster.status("spot")
         assert status["restarts"] == 2 and status["preemptions"] == 2
-        assert status["lastRestart"]["reason"] == "Interrupted"
+        assert status["lastRestart"]["reason"] == "Interrupted" and status["lastRestart"]["step"] == 80
         assert "not counted against runPolicy.backoffLimit" in cluster.condition("spot", "Running")["message"]
-        await _fail_attempt(cluster, "spot-r2", 1, {"reason": "TrainerError", "message": "a real bug"})
+        stuck = {"reason": "Interrupted", "message": "interrupted after 80 steps", "step": 80}
+        await _fail_attempt(cluster, "spot-r2", 1, stuck)
         await eventually(lambda: cluster.status("spot").get("phase") == "Failed", what="Failed")
     status = cluster.status("spot")
-    assert status["reason"] == "BackoffLimitExceeded" and "1 attempt(s) failed; last: a real bug" in status["message"]
+    assert status["reason"] == "BackoffLimitExceeded", "an interruption without progress counts as a failure"
+    assert status["preemptions"] == 2
 
 
 async def test_backoff_limit_is_enforced(cluster, kmock):
