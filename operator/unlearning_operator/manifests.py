@@ -241,6 +241,7 @@ def build_job(
             "spec": {
                 "subdomain": service_name(owner),
                 "restartPolicy": "Never",
+                "terminationGracePeriodSeconds": settings.termination_grace_seconds,
                 "serviceAccountName": settings.trainer_service_account,
                 "automountServiceAccountToken": False,
                 "securityContext": {

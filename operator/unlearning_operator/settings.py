@@ -31,6 +31,9 @@ class Settings:
     worker_memory: str = "16Gi"
     shm_size: str = "2Gi"
     """Size of the memory-backed /dev/shm for DataLoader workers and NCCL."""
+    termination_grace_seconds: int = 300
+    """How long a trainer pod may take after SIGTERM: enough to write its checkpoint to the output store (a
+    Stable Diffusion U-Net with AdamW state is about 10 GB). Kubernetes' default of 30 s is too short."""
     rendezvous_port: int = 29500
     progress_poll_seconds: float = 30.0
     """How often the operator reads progress from MLflow for running jobs."""

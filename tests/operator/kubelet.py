@@ -14,7 +14,7 @@ What is mapped, and how:
 - the Job controller: one pod per completion index at once (parallelism = completions); Complete when every
   index succeeded. At the first failed pod (backoffLimit 0; reason PodFailurePolicy when its exit code matches
   a FailJob rule) it sets FailureTarget and stops the other pods: SIGTERM to the main process (PID 1 of a
-  container), SIGKILL to all processes after terminationGracePeriodSeconds (10 s unless the pod says); once
+  container), SIGKILL to all processes after the pod's terminationGracePeriodSeconds (10 s if unset); once
   none runs it sets Failed, as Kubernetes 1.31 and later do. When a container's main process exits, the rest
   of its processes are killed, as the container runtime does.
   A deleted Job's pods are stopped and deleted, as garbage collection would.

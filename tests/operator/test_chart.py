@@ -74,6 +74,7 @@ def test_chart_defaults_equal_the_operator_defaults():
     assert values["trainer"]["gpuResource"] == defaults.gpu_resource
     assert values["trainer"]["cpu"] == defaults.worker_cpu and values["trainer"]["memory"] == defaults.worker_memory
     assert values["trainer"]["shmSize"] == defaults.shm_size
+    assert values["trainer"]["terminationGracePeriodSeconds"] == defaults.termination_grace_seconds
     assert (
         values["s3Endpoint"] == defaults.s3_endpoint and values["mlflow"]["trackingUri"] == defaults.mlflow_tracking_uri
     )

@@ -153,6 +153,7 @@ def test_trainer_pods_are_locked_down(children):
     env = {e["name"]: e for e in container["env"]}
     assert "value" not in env["AWS_SECRET_ACCESS_KEY"] and env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert pod["terminationGracePeriodSeconds"] == Settings().termination_grace_seconds, "time to checkpoint"
     assert (
         children[0]["data"]["job.yaml"].count("secret") == 0 or "credentialsSecret" in children[0]["data"]["job.yaml"]
     )

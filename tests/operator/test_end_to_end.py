@@ -94,6 +94,7 @@ async def _platform(cluster: Cluster, kmock, s3_server, mlflow_server, node: Pat
         mlflow_tracking_uri=mlflow_server.url,
         gpus_per_worker=0,
         progress_poll_seconds=0.5,
+        termination_grace_seconds=20,
     )
     await _create_secret(cluster)
     async with (
