@@ -240,6 +240,26 @@ class Operator:
             lastRestart={"attempt": attempt, "time": conditions.now(), **failure},
         )
         kopf.warn(body, reason="Restarting", message=message[:1024])
+        self._tag_run(
+            spec,
+            status,
+            {
+                "unlearning.dev/restarts": str(attempt),
+                "unlearning.dev/preemptions": str(preemptions + int(interrupted)),
+                "unlearning.dev/last-restart-reason": seen.reason,
+            },
+        )
+
+    def _tag_run(self, spec: UnlearningJobSpec, status: dict[str, Any], tags: dict[str, str]) -> None:
+        """Restarts show in the MLflow UI next to the run's metrics; MLflow being down never blocks a restart."""
+        run_id = (status.get("mlflow") or {}).get("runId")
+        mlflow = self.mlflow_for(spec)
+        if not run_id or mlflow is None:
+            return
+        try:
+            mlflow.set_tags(run_id, tags)
+        except Exception as exc:
+            logger.warning("could not tag MLflow run %s: %s", run_id, exc)
 
     def _finish(self, body: dict[str, Any], spec: UnlearningJobSpec, seen: Observation, *, succeeded: bool) -> None:
         status = body.get("status") or {}

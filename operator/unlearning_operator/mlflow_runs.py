@@ -48,6 +48,10 @@ class MlflowRuns:
         resumed_from = None if resumed is None else int(resumed)
         return Progress(step=max(int(step or 0), resumed_from or 0), resumed_from=resumed_from)
 
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, value)
+
     def end(self, run_id: str, status: str) -> None:
         run = self.client.get_run(run_id)
         if run.info.status in ("RUNNING", "SCHEDULED"):

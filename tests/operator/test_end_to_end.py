@@ -196,6 +196,8 @@ async def test_a_killed_worker_restarts_the_group_which_resumes_from_the_checkpo
 
     client = MlflowClient(mlflow_server.url)
     run_id = status["mlflow"]["runId"]
+    tags = client.get_run(run_id).data.tags
+    assert tags["unlearning.dev/restarts"] == "1" and tags["unlearning.dev/last-restart-reason"] == "WorkerKilled"
     history = client.get_metric_history(run_id, "progress/resumedFrom")
     assert sorted((m.step, m.value) for m in history) == [(0, 0.0), (resumed_from, float(resumed_from))]
     assert client.get_run(run_id).info.status == "FINISHED"
