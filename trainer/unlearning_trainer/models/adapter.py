@@ -7,9 +7,11 @@ are generated and how the pipeline is saved. Everything else (objectives, weight
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from unlearning_trainer.objectives.losses import Denoiser
@@ -61,3 +63,18 @@ class DiffusionAdapter(Protocol):
     def save(self, unet: torch.nn.Module, path: Path) -> None:
         """Write the whole pipeline with `unet` as its U-Net to `path` (safetensors only)."""
         ...
+
+
+def spatial_size(sample_size: int | tuple[int, int]) -> tuple[int, int]:
+    """(height, width) from a U-Net config's `sample_size`, which is one int for square models."""
+    return (sample_size, sample_size) if isinstance(sample_size, int) else tuple(sample_size)
+
+
+def sample_in_chunks(count: int, chunk: int, draw: Callable[[int], np.ndarray]) -> torch.Tensor:
+    """`count` samples from `draw(size)` (a pipeline's (size, H, W, C) numpy output in [0, 1]) in chunks of at
+    most `chunk`, as one float tensor (count, C, H, W)."""
+    parts = []
+    for start in range(0, count, chunk):
+        images = draw(min(chunk, count - start))
+        parts.append(torch.from_numpy(images).permute(0, 3, 1, 2).float())
+    return torch.cat(parts)

@@ -12,9 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionPipeline
 
+from unlearning_trainer.models.adapter import sample_in_chunks, spatial_size
 from unlearning_trainer.objectives.losses import Denoiser
 
 GENERATION_BATCH = 64
@@ -34,9 +36,9 @@ class LatentAdapter:
         self.alphas_cumprod = self.scheduler.alphas_cumprod.double()
         self.betas = self.scheduler.betas.double()
         self.scaling_factor = float(self.vae.config.scaling_factor)
-        size = self.unet.config.sample_size
-        height, width = (size, size) if isinstance(size, int) else tuple(size)
+        self.latent_size = spatial_size(self.unet.config.sample_size)
         scale = pipeline.vae_scale_factor
+        height, width = self.latent_size
         self.image_shape = (int(self.vae.config.in_channels), height * scale, width * scale)
         self._embeddings: dict[str, torch.Tensor] = {}
 
@@ -99,30 +101,24 @@ class LatentAdapter:
         )
         pipeline.set_progress_bar_config(disable=True)
         generator = torch.Generator().manual_seed(seed)
-        chunks = []
-        for start in range(0, count, GENERATION_BATCH):
-            size = min(GENERATION_BATCH, count - start)
-            latents = torch.randn((size, self.unet.config.in_channels, *self._latent_size()), generator=generator).to(
-                self.unet.device
-            )
-            images = pipeline(
+
+        def draw(size: int) -> np.ndarray:
+            shape = (size, self.unet.config.in_channels, *self.latent_size)
+            latents = torch.randn(shape, generator=generator).to(self.unet.device)
+            return pipeline(
                 [prompt or ""] * size,
                 latents=latents,
                 num_inference_steps=steps,
                 guidance_scale=guidance_scale,
                 output_type="np",
             ).images
-            chunks.append(torch.from_numpy(images).permute(0, 3, 1, 2).float())
-        return torch.cat(chunks)
+
+        return sample_in_chunks(count, GENERATION_BATCH, draw)
 
     def save(self, unet: torch.nn.Module, path: Path) -> None:
         StableDiffusionPipeline(**self._components(unet), scheduler=self.pipeline.scheduler).save_pretrained(
             path, safe_serialization=True
         )
-
-    def _latent_size(self) -> tuple[int, int]:
-        size = self.unet.config.sample_size
-        return (size, size) if isinstance(size, int) else tuple(size)
 
     def _components(self, unet: torch.nn.Module) -> dict[str, Any]:
         return {

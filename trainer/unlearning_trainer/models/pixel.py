@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 
+from unlearning_trainer.models.adapter import sample_in_chunks, spatial_size
 from unlearning_trainer.objectives.losses import Denoiser
 
 GENERATION_BATCH = 256
@@ -21,8 +23,7 @@ class PixelAdapter:
         self.scheduler = scheduler
         self.alphas_cumprod = scheduler.alphas_cumprod.double()
         self.betas = scheduler.betas.double()
-        size = unet.config.sample_size
-        height, width = (size, size) if isinstance(size, int) else tuple(size)
+        height, width = spatial_size(unet.config.sample_size)
         self.image_shape = (unet.config.in_channels, height, width)
 
     def to(self, device: torch.device) -> None:
@@ -48,12 +49,11 @@ class PixelAdapter:
         pipeline = DDIMPipeline(unet=unet, scheduler=DDIMScheduler.from_config(self.scheduler.config))
         pipeline.set_progress_bar_config(disable=True)
         generator = torch.Generator().manual_seed(seed)
-        chunks = []
-        for start in range(0, count, GENERATION_BATCH):
-            size = min(GENERATION_BATCH, count - start)
-            images = pipeline(batch_size=size, generator=generator, num_inference_steps=steps, output_type="np").images
-            chunks.append(torch.from_numpy(images).permute(0, 3, 1, 2).float())
-        return torch.cat(chunks)
+
+        def draw(size: int) -> np.ndarray:
+            return pipeline(batch_size=size, generator=generator, num_inference_steps=steps, output_type="np").images
+
+        return sample_in_chunks(count, GENERATION_BATCH, draw)
 
     def save(self, unet: torch.nn.Module, path: Path) -> None:
         DDPMPipeline(unet=unet, scheduler=self.scheduler).save_pretrained(path, safe_serialization=True)
