@@ -111,6 +111,13 @@ def status_schema() -> dict[str, Any]:
             "observedGeneration": {"type": "integer", "format": "int64"},
         },
     }
+    # What observe.Failure.as_status writes, for both a final failure and the cause of a restart.
+    failure = {
+        "exitCode": {"type": "integer"},
+        "reason": {"type": "string"},
+        "message": {"type": "string"},
+        "step": {"type": "integer", "description": "The step the attempt reached, when known."},
+    }
     return {
         "type": "object",
         "description": "Observed state, written by the operator only.",
@@ -167,11 +174,7 @@ def status_schema() -> dict[str, Any]:
             "failure": {
                 "type": "object",
                 "description": "Why the job failed (set only when phase is Failed).",
-                "properties": {
-                    "exitCode": {"type": "integer"},
-                    "reason": {"type": "string"},
-                    "message": {"type": "string"},
-                },
+                "properties": failure,
             },
             "lastRestart": {
                 "type": "object",
@@ -179,10 +182,7 @@ def status_schema() -> dict[str, Any]:
                 "properties": {
                     "attempt": {"type": "integer"},
                     "time": {"type": "string", "format": "date-time"},
-                    "step": {"type": "integer", "description": "The step the attempt reached, when known."},
-                    "exitCode": {"type": "integer"},
-                    "reason": {"type": "string"},
-                    "message": {"type": "string"},
+                    **failure,
                 },
             },
         },
