@@ -129,6 +129,21 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory):
     server.stop()
 
 
+@pytest.fixture
+def s3_scenario(scenario: Path, s3_server, request) -> dict[str, str]:
+    """The tiny scenario uploaded to S3 under a prefix unique to the test; the output URI goes next to it."""
+    prefix = request.node.name.replace("[", "-").replace("]", "")
+    uris = {
+        "model": f"s3://models/{prefix}/tiny-ddpm",
+        "forget": f"s3://datasets/{prefix}/forget",
+        "retain": f"s3://datasets/{prefix}/retain",
+        "output": f"s3://outputs/{prefix}/unlearned",
+    }
+    for name in ("model", "forget", "retain"):
+        s3_server.upload_folder(scenario / name, uris[name])
+    return uris
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory, s3_server):
     """A real MLflow tracking server (sqlite backend, artifacts on the S3 server)."""

@@ -29,21 +29,6 @@ SECRET = "s3-credentials"
 TRAINER_TIMEOUT = 300.0
 
 
-@pytest.fixture
-def uploaded(scenario: Path, s3_server, request) -> dict[str, str]:
-    """The tiny scenario in S3 under a prefix unique to the test; the output goes next to it."""
-    prefix = f"e2e/{request.node.name}"
-    uris = {
-        "model": f"s3://models/{prefix}/tiny-ddpm",
-        "forget": f"s3://datasets/{prefix}/forget",
-        "retain": f"s3://datasets/{prefix}/retain",
-        "output": f"s3://outputs/{prefix}/unlearned",
-    }
-    for name in ("model", "forget", "retain"):
-        s3_server.upload_folder(scenario / name, uris[name])
-    return uris
-
-
 def _document(
     name: str, uris: dict[str, str], *, steps: int, checkpoint_every: int, backoff_limit: int = 3
 ) -> dict[str, Any]:
@@ -131,10 +116,12 @@ def _checkpoint_steps(s3_server, output: str) -> list[int]:
     )
 
 
-async def test_unlearningjob_runs_two_workers_end_to_end(cluster, kmock, s3_server, mlflow_server, uploaded, tmp_path):
+async def test_unlearningjob_runs_two_workers_end_to_end(
+    cluster, kmock, s3_server, mlflow_server, s3_scenario, tmp_path
+):
     steps = 6
     async with _platform(cluster, kmock, s3_server, mlflow_server, tmp_path / "node") as kubelet:
-        await cluster.apply(_document("forget-e2e", uploaded, steps=steps, checkpoint_every=3))
+        await cluster.apply(_document("forget-e2e", s3_scenario, steps=steps, checkpoint_every=3))
         status = await _until_phase(cluster, kubelet, "forget-e2e", "Succeeded")
         pods = kubelet.job("forget-e2e-r0").pods
         assert [pod.exit_code() for pod in pods] == [0] * WORKERS
@@ -143,15 +130,15 @@ async def test_unlearningjob_runs_two_workers_end_to_end(cluster, kmock, s3_serv
 
     assert status["restarts"] == 0 and status["jobName"] == "forget-e2e-r0"
     assert status["progress"] == {"step": steps, "totalSteps": steps, "percent": 100, "resumedFrom": 0}
-    assert status["outputModelUri"] == uploaded["output"]
-    assert status["audit"]["uri"] == f"{uploaded['output']}/audit.json"
+    assert status["outputModelUri"] == s3_scenario["output"]
+    assert status["audit"]["uri"] == f"{s3_scenario['output']}/audit.json"
     audit = _read_json(s3_server, status["audit"]["uri"])
     assert audit["request"]["id"] == "ticket-forget-e2e"
     assert status["audit"]["passed"] == audit["verdict"]["passed"]
-    metrics = _read_json(s3_server, f"{uploaded['output']}/metrics.json")
+    metrics = _read_json(s3_server, f"{s3_scenario['output']}/metrics.json")
     assert metrics["processes"] == WORKERS, "both pods must have joined one process group"
     assert metrics["status"] == "succeeded" and metrics["steps"] == steps
-    assert _read_json(s3_server, f"{uploaded['output']}/_MANIFEST.json")
+    assert _read_json(s3_server, f"{s3_scenario['output']}/_MANIFEST.json")
 
     client = MlflowClient(mlflow_server.url)
     run = client.get_run(status["mlflow"]["runId"])
@@ -165,14 +152,14 @@ async def test_unlearningjob_runs_two_workers_end_to_end(cluster, kmock, s3_serv
 
 
 async def test_a_killed_worker_restarts_the_group_which_resumes_from_the_checkpoint(
-    cluster, kmock, s3_server, mlflow_server, uploaded, tmp_path
+    cluster, kmock, s3_server, mlflow_server, s3_scenario, tmp_path
 ):
     steps, checkpoint_every = 400, 10
     async with _platform(cluster, kmock, s3_server, mlflow_server, tmp_path / "node") as kubelet:
-        await cluster.apply(_document("killed", uploaded, steps=steps, checkpoint_every=checkpoint_every))
+        await cluster.apply(_document("killed", s3_scenario, steps=steps, checkpoint_every=checkpoint_every))
         await _until_phase(cluster, kubelet, "killed", "Running")
         saved = await eventually(
-            lambda: kubelet.check() and _checkpoint_steps(s3_server, uploaded["output"]),
+            lambda: kubelet.check() and _checkpoint_steps(s3_server, s3_scenario["output"]),
             timeout=TRAINER_TIMEOUT,
             what="a checkpoint in S3",
         )
@@ -191,7 +178,7 @@ async def test_a_killed_worker_restarts_the_group_which_resumes_from_the_checkpo
     assert restart["attempt"] == 1 and restart["reason"] == "WorkerKilled" and "worker rank 1" in restart["message"]
     assert "failure" not in status
     assert {"Restarting"} <= {event["reason"] for event in cluster.events()}
-    metrics = _read_json(s3_server, f"{uploaded['output']}/metrics.json")
+    metrics = _read_json(s3_server, f"{s3_scenario['output']}/metrics.json")
     assert metrics["resumedFrom"] == resumed_from and metrics["steps"] == steps and metrics["processes"] == WORKERS
 
     client = MlflowClient(mlflow_server.url)
@@ -204,15 +191,15 @@ async def test_a_killed_worker_restarts_the_group_which_resumes_from_the_checkpo
 
 
 async def test_an_evicted_pod_checkpoints_and_the_restart_is_not_counted_as_a_failure(
-    cluster, kmock, s3_server, mlflow_server, uploaded, tmp_path
+    cluster, kmock, s3_server, mlflow_server, s3_scenario, tmp_path
 ):
     steps = 400
     async with _platform(cluster, kmock, s3_server, mlflow_server, tmp_path / "node") as kubelet:
-        document = _document("evicted", uploaded, steps=steps, checkpoint_every=10, backoff_limit=0)
+        document = _document("evicted", s3_scenario, steps=steps, checkpoint_every=10, backoff_limit=0)
         await cluster.apply(document)
         await _until_phase(cluster, kubelet, "evicted", "Running")
         await eventually(
-            lambda: kubelet.check() and _checkpoint_steps(s3_server, uploaded["output"]),
+            lambda: kubelet.check() and _checkpoint_steps(s3_server, s3_scenario["output"]),
             timeout=TRAINER_TIMEOUT,
             what="a checkpoint in S3",
         )

@@ -21,21 +21,6 @@ from unlearning_trainer.spec import parse_job
 from unlearning_trainer.storage.s3 import MANIFEST, S3Storage
 
 
-@pytest.fixture
-def s3_scenario(scenario: Path, s3_server, request) -> dict[str, str]:
-    """The tiny scenario uploaded to S3 under a prefix unique to the test."""
-    prefix = request.node.name.replace("[", "-").replace("]", "")
-    uris = {
-        "model": f"s3://models/{prefix}/tiny-ddpm",
-        "forget": f"s3://datasets/{prefix}/forget",
-        "retain": f"s3://datasets/{prefix}/retain",
-        "output": f"s3://outputs/{prefix}/unlearned",
-    }
-    for name in ("model", "forget", "retain"):
-        s3_server.upload_folder(scenario / name, uris[name])
-    return uris
-
-
 def _s3_job(job_document, uris: dict[str, str], endpoint: str, tracking_uri: str | None = None) -> dict:
     spec = job_document["spec"]
     spec["model"]["uri"] = uris["model"]
