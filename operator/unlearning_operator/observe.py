@@ -97,31 +97,29 @@ def parse_termination_message(text: str | None) -> dict[str, Any]:
     return parsed if isinstance(parsed, dict) else {"message": str(parsed)[-MAX_MESSAGE:]}
 
 
-def _interrupted(terminated: dict[str, Any]) -> bool:
-    """A trainer that was told to stop (SIGTERM: preemption, eviction, node drain) and checkpointed first.
+def _rank(terminated: dict[str, Any], summary: dict[str, Any]) -> int:
+    """Root-cause order: a worker's own error, then an interruption, then a peer's lost connection.
 
-    Only the trainer's own summary says so: the container's exit code is torchrun's, which exits with 1 when it
-    receives SIGTERM even though its workers checkpointed and exited with 143.
+    Only the trainer's own summary says it was interrupted (told to stop by SIGTERM, checkpoint saved): the
+    container's exit code is torchrun's, which exits with 1 on SIGTERM although its workers exited with 143.
     """
-    return parse_termination_message(terminated.get("message")).get("reason") == INTERRUPTED
-
-
-def _rank(terminated: dict[str, Any]) -> int:
-    """Root-cause order: a worker's own error, then an interruption, then a peer's lost connection."""
     message = terminated.get("message") or ""
     if any(symptom in message for symptom in SECONDARY_SYMPTOMS):
         return 2
-    return 1 if _interrupted(terminated) else 0
+    return 1 if summary.get("reason") == INTERRUPTED else 0
 
 
 def pod_failure(pods: list[dict[str, Any]], permanent_codes: list[int]) -> tuple[Failure | None, bool]:
     """The root-cause failed container's exit code, reason and message, and whether the failure is permanent."""
-    failed = [(pod, t) for pod in pods if (t := _terminated(pod)) and t.get("exitCode", 0) != 0]
-    failed.sort(key=lambda item: (_rank(item[1]), item[0].get("metadata", {}).get("name", "")))
+    failed = [
+        (pod, t, parse_termination_message(t.get("message")))
+        for pod in pods
+        if (t := _terminated(pod)) and t.get("exitCode", 0) != 0
+    ]
+    failed.sort(key=lambda item: (_rank(item[1], item[2]), item[0].get("metadata", {}).get("name", "")))
     if not failed:
         return None, False
-    _, terminated = failed[0]
-    summary = parse_termination_message(terminated.get("message"))
+    _, terminated, summary = failed[0]
     code = terminated.get("exitCode")
     reason = summary.get("reason") or terminated.get("reason") or "TrainerError"
     if terminated.get("reason") == "OOMKilled":
