@@ -10,6 +10,7 @@ operator restart picks up where it left off without duplicating children.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -240,26 +241,29 @@ class Operator:
             lastRestart={"attempt": attempt, "time": conditions.now(), **failure},
         )
         kopf.warn(body, reason="Restarting", message=message[:1024])
-        self._tag_run(
-            spec,
-            status,
-            {
-                "unlearning.dev/restarts": str(attempt),
-                "unlearning.dev/preemptions": str(preemptions + int(interrupted)),
-                "unlearning.dev/last-restart-reason": seen.reason,
-            },
-        )
+        tags = {
+            "unlearning.dev/restarts": str(attempt),
+            "unlearning.dev/preemptions": str(preemptions + int(interrupted)),
+            "unlearning.dev/last-restart-reason": seen.reason,
+        }
+        self._update_run(spec, status, "tag", lambda mlflow, run_id: mlflow.set_tags(run_id, tags))
 
-    def _tag_run(self, spec: UnlearningJobSpec, status: dict[str, Any], tags: dict[str, str]) -> None:
-        """Restarts show in the MLflow UI next to the run's metrics; MLflow being down never blocks a restart."""
+    def _update_run(
+        self,
+        spec: UnlearningJobSpec,
+        status: dict[str, Any],
+        what: str,
+        action: Callable[[MlflowRuns, str], None],
+    ) -> None:
+        """Apply `action` to the job's MLflow run, if it has one; MLflow being down never blocks the operator."""
         run_id = (status.get("mlflow") or {}).get("runId")
         mlflow = self.mlflow_for(spec)
         if not run_id or mlflow is None:
             return
         try:
-            mlflow.set_tags(run_id, tags)
+            action(mlflow, run_id)
         except Exception as exc:
-            logger.warning("could not tag MLflow run %s: %s", run_id, exc)
+            logger.warning("could not %s MLflow run %s: %s", what, run_id, exc)
 
     def _finish(self, body: dict[str, Any], spec: UnlearningJobSpec, seen: Observation, *, succeeded: bool) -> None:
         status = body.get("status") or {}
@@ -279,13 +283,8 @@ class Operator:
             fields["failure"] = seen.failure.as_status() if seen.failure else {"reason": seen.reason}
             updates = {"Failed": (True, seen.reason, seen.message[:1024]), "Running": (False, seen.reason, "")}
         self._transition(body, updates, **fields)
-        run_id = (status.get("mlflow") or {}).get("runId")
-        mlflow = self.mlflow_for(spec)
-        if run_id and mlflow is not None:
-            try:
-                mlflow.end(run_id, "FINISHED" if succeeded else "FAILED")
-            except Exception as exc:
-                logger.warning("could not end MLflow run %s: %s", run_id, exc)
+        outcome = "FINISHED" if succeeded else "FAILED"
+        self._update_run(spec, status, "end", lambda mlflow, run_id: mlflow.end(run_id, outcome))
         ttl = spec.run_policy.ttl_seconds_after_finished
         if ttl is not None and status.get("jobName"):
             self.kube.patch_job(
@@ -334,15 +333,13 @@ class Operator:
     def cleanup(self, body: dict[str, Any]) -> None:
         """Mark an unfinished MLflow run as killed; children go with the owner through garbage collection."""
         status = body.get("status") or {}
-        run_id = (status.get("mlflow") or {}).get("runId")
-        if not run_id or status.get("phase") in TERMINAL:
+        if status.get("phase") in TERMINAL:
             return
         try:
-            mlflow = self.mlflow_for(parse_spec(body.get("spec")))
-            if mlflow is not None:
-                mlflow.end(run_id, "KILLED")
-        except Exception as exc:
-            logger.warning("could not end MLflow run %s: %s", run_id, exc)
+            spec = parse_spec(body.get("spec"))
+        except SpecError:
+            return
+        self._update_run(spec, status, "end", lambda mlflow, run_id: mlflow.end(run_id, "KILLED"))
 
 
 def _progressed(seen: Observation, status: dict[str, Any]) -> bool:
