@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,13 @@ BASE_JOB: dict[str, Any] = {
 def job_document() -> dict[str, Any]:
     """A fresh, valid job document that a test may edit."""
     return copy.deepcopy(BASE_JOB)
+
+
+def copy_scenario(source: Path, target: Path, parts: tuple[str, ...] = ("model", "forget", "retain")) -> Path:
+    """Copy a scenario's folders into `target`, where a test may write next to them; returns `target`."""
+    for name in parts:
+        shutil.copytree(source / name, target / name)
+    return target
 
 
 def write_job(folder: Path, document: dict[str, Any], name: str = "job.yaml") -> Path:

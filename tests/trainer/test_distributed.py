@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import write_job
+from tests.conftest import copy_scenario, write_job
 
 RELATIVE_TOLERANCE = 0.01
 """Max parameter difference between the runs, as a share of the largest parameter change during training.
@@ -27,9 +26,7 @@ near zero that rounding noise can move the update by a visible fraction of the l
 def workspace(request, tmp_path: Path) -> Path:
     """The pixel DDPM scenario, or the Stable Diffusion one (captions, frozen VAE and text encoder)."""
     source = request.getfixturevalue("scenario" if request.param == "pixel" else "text_to_image_scenario")
-    for name in ("model", "forget", "retain"):
-        shutil.copytree(source / name, tmp_path / name)
-    return tmp_path
+    return copy_scenario(source, tmp_path)
 
 
 def _run(job: Path, processes: int) -> subprocess.CompletedProcess[str]:

@@ -16,12 +16,23 @@ import torch
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
-from tests.conftest import TEXT_TO_IMAGE_FORGET_CAPTION, TEXT_TO_IMAGE_SIZE, write_job
+from tests.conftest import TEXT_TO_IMAGE_FORGET_CAPTION, TEXT_TO_IMAGE_SIZE, copy_scenario, write_job
 from unlearning_trainer.errors import DataError
 from unlearning_trainer.models.loading import load_adapter
 
 SIZE = TEXT_TO_IMAGE_SIZE
 FORGET_CAPTION = TEXT_TO_IMAGE_FORGET_CAPTION
+
+
+def _run(job: Path) -> subprocess.CompletedProcess[str]:
+    """`unlearn run` on a job file, with the cache next to it."""
+    return subprocess.run(
+        [sys.executable, "-m", "unlearning_trainer.cli", "run", str(job), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "UNLEARNING_CACHE_DIR": str(job.parent / "cache")},
+    )
 
 
 def _weights(folder: Path, component: str) -> dict[str, torch.Tensor]:
@@ -32,18 +43,9 @@ def _weights(folder: Path, component: str) -> dict[str, torch.Tensor]:
 def test_a_stable_diffusion_job_trains_only_the_unet_and_publishes_a_pipeline(
     text_to_image_scenario, job_document, tmp_path
 ):
-    workspace = tmp_path
-    for name in ("model", "forget", "retain"):
-        shutil.copytree(text_to_image_scenario / name, workspace / name)
+    workspace = copy_scenario(text_to_image_scenario, tmp_path)
     job_document["spec"]["evaluation"].update({"numSamples": 4, "inferenceSteps": 2, "retainImages": 8})
-    job = write_job(workspace, job_document)
-    result = subprocess.run(
-        [sys.executable, "-m", "unlearning_trainer.cli", "run", str(job), "--no-progress"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "UNLEARNING_CACHE_DIR": str(workspace / "cache")},
-    )
+    result = _run(write_job(workspace, job_document))
     assert result.returncode == 0, result.stderr[-3000:]
     out = workspace / "out"
     metrics = json.loads((out / "metrics.json").read_text())
@@ -101,15 +103,8 @@ def test_models_that_do_not_predict_the_noise_are_refused(fixture, request, tmp_
 
 
 def test_the_probability_flow_likelihood_is_refused_for_latents(text_to_image_scenario, job_document, tmp_path):
-    for name in ("model", "forget", "retain"):
-        shutil.copytree(text_to_image_scenario / name, tmp_path / name)
+    copy_scenario(text_to_image_scenario, tmp_path)
     job_document["spec"]["evaluation"]["nll"] = {"method": "pf-ode"}
-    job = write_job(tmp_path, job_document)
-    result = subprocess.run(
-        [sys.executable, "-m", "unlearning_trainer.cli", "run", str(job), "--no-progress"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = _run(write_job(tmp_path, job_document))
     assert result.returncode == 2
     assert "spec.evaluation.nll.method" in result.stderr and "Fix: use vlb" in result.stderr

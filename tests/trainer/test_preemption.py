@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import IMAGE_SIZE, write_job
+from tests.conftest import IMAGE_SIZE, copy_scenario, write_job
 from unlearning_trainer.scenarios import builders
 
 CHECKPOINT_EVERY = 5
@@ -23,8 +22,7 @@ STEPS = 60
 
 @pytest.fixture
 def long_job(scenario: Path, tmp_path: Path, job_document) -> Path:
-    for name in ("model", "forget", "retain"):
-        shutil.copytree(scenario / name, tmp_path / name)
+    copy_scenario(scenario, tmp_path)
     job_document["spec"]["training"].update({"steps": STEPS, "checkpointEvery": CHECKPOINT_EVERY})
     job_document["spec"]["evaluation"]["every"] = STEPS
     return write_job(tmp_path, job_document)
@@ -93,8 +91,7 @@ def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(scenario, tm
     builders.save_pipeline(
         builders.tiny_unet(sample_size=IMAGE_SIZE, dropout=0.2), builders.ddpm_scheduler(), tmp_path / "model"
     )
-    for name in ("forget", "retain"):
-        shutil.copytree(scenario / name, tmp_path / name)
+    copy_scenario(scenario, tmp_path, parts=("forget", "retain"))
     steps = 24
     job_document["spec"]["training"].update(
         {

@@ -15,7 +15,7 @@ import torch
 from diffusers import DDPMPipeline
 from safetensors.torch import load_file
 
-from tests.conftest import write_job
+from tests.conftest import copy_scenario, write_job
 from unlearning_trainer.runner import resolve_local_uris, run_job
 from unlearning_trainer.scenarios import builders
 from unlearning_trainer.spec import parse_job
@@ -29,9 +29,7 @@ def unlearn(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
 
 @pytest.fixture
 def workspace(scenario: Path, tmp_path: Path) -> Path:
-    for name in ("model", "forget", "retain"):
-        shutil.copytree(scenario / name, tmp_path / name)
-    return tmp_path
+    return copy_scenario(scenario, tmp_path)
 
 
 def test_run_writes_a_pipeline_that_diffusers_loads_and_a_metrics_file(workspace, job_document):
