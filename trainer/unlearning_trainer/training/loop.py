@@ -160,13 +160,13 @@ def train(
     stepper.cached_scale = state.cached_forget_scale
     if resumed_from:
         logger.info("resuming from checkpoint at step %d of %d", resumed_from, training.steps)
-    if accelerator.is_main_process:
-        tracker.log_metrics({RESUMED_METRIC: float(resumed_from)}, step=resumed_from)
     samplers = (
         InfiniteSampler(len(data.retain), training.seed),
         InfiniteSampler(len(data.forget), training.seed + 1),
     )
     main = accelerator.is_main_process
+    if main:
+        tracker.log_metrics({RESUMED_METRIC: float(resumed_from)}, step=resumed_from)
 
     def evaluate(step: int) -> None:
         if main and evaluator is not None:
