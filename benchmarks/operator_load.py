@@ -71,7 +71,7 @@ async def measure(count: int, emulator_class: type[VersionedEmulator]) -> tuple[
                             if name not in job_at and f"{name}-r0" in jobs:
                                 job_at[name] = now
                                 activations.append(
-                                    asyncio.create_task(cluster.set_job_status(f"{name}-r0", {"active": 1}))
+                                    asyncio.create_task(cluster.set_job_status(f"{name}-r0", {"active": 1, "ready": 1}))
                                 )
                             if name not in running_at and phases.get(name) == "Running":
                                 running_at[name] = now

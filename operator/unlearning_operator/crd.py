@@ -17,14 +17,13 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from unlearning_trainer.spec import KIND, UnlearningJobSpec
+from unlearning_trainer.spec import KIND, MAX_NAME_LENGTH, NAME_PATTERN, UnlearningJobSpec
 
 GROUP = "unlearning.dev"
 VERSION = "v1alpha1"
 PLURAL = "unlearningjobs"
 SINGULAR = "unlearningjob"
 SHORT_NAMES = ["uj"]
-MAX_NAME_LENGTH = 50
 ROOT = Path(__file__).resolve().parents[2]
 CRD_PATHS = (
     ROOT / "crds" / f"{PLURAL}.{GROUP}.yaml",
@@ -233,6 +232,15 @@ def build_crd() -> dict[str, Any]:
                 "rule": f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
                 "message": f"metadata.name must be at most {MAX_NAME_LENGTH} characters (child Job and pod names "
                 "derive from it)",
+                "fieldPath": ".metadata.name",
+                "reason": "FieldValueInvalid",
+            },
+            {
+                "rule": f"self.metadata.name.matches('{NAME_PATTERN}')",
+                "message": "metadata.name must be a DNS-1035 label: lower-case letters, digits and '-', starting "
+                "with a letter and ending with a letter or digit (the trainer Service and pods are named after it)",
+                "fieldPath": ".metadata.name",
+                "reason": "FieldValueInvalid",
             },
             {
                 "rule": immutability_rule(spec),

@@ -154,6 +154,7 @@ class Operator:
             }
         deadline = _remaining_deadline(spec.run_policy.active_deadline_seconds, start_time)
         try:
+            self.kube.create_or_adopt(manifests.build_service_account(owner.namespace, self.settings))
             self.kube.create_or_adopt(manifests.build_configmap(owner, spec, self.settings))
             self.kube.create_or_adopt(manifests.build_service(owner, self.settings))
             job = manifests.build_job(
@@ -389,11 +390,13 @@ def build_registry(
         settings.watching.server_timeout = 300
         settings.posting.level = logging.INFO
 
-    if server is not None:
-
-        @kopf.on.login(registry=registry)
-        def login(**_: Any) -> kopf.ConnectionInfo:
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        """`server` (tests against an emulator), else in-cluster credentials or the kubeconfig, as kopf's
+        default registry would: a plain OperatorRegistry has no login handler of its own."""
+        if server is not None:
             return kopf.ConnectionInfo(server=server, insecure=True)
+        return kopf.login_via_client(**kwargs)
 
     @kopf.on.create(*resource, registry=registry)
     @kopf.on.resume(*resource, registry=registry)

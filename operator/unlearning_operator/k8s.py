@@ -45,6 +45,7 @@ class Kubernetes:
             "Job": self.batch.read_namespaced_job,
             "Service": self.core.read_namespaced_service,
             "ConfigMap": self.core.read_namespaced_config_map,
+            "ServiceAccount": self.core.read_namespaced_service_account,
         }
         try:
             return self._data(readers[kind](name, namespace, _preload_content=False, _request_timeout=self.timeout))
@@ -59,6 +60,7 @@ class Kubernetes:
             "Job": self.batch.create_namespaced_job,
             "Service": self.core.create_namespaced_service,
             "ConfigMap": self.core.create_namespaced_config_map,
+            "ServiceAccount": self.core.create_namespaced_service_account,
         }
         meta = body["metadata"]
         try:

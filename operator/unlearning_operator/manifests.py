@@ -23,6 +23,7 @@ SPEC_FILE = "job.yaml"
 PERMANENT_EXIT_CODES = [2, 3, 4]
 """Trainer exit codes for an invalid job, missing data and denied storage access: retrying cannot help."""
 RUN_UID = 1000
+MANAGER = "unlearning-operator"
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def job_name(owner: Owner, attempt: int) -> str:
 def labels(owner: Owner, settings: Settings) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "unlearning-trainer",
-        "app.kubernetes.io/managed-by": "unlearning-operator",
+        "app.kubernetes.io/managed-by": MANAGER,
         "app.kubernetes.io/instance": owner.name,
         JOB_LABEL: owner.name,
         **settings.extra_labels,
@@ -112,6 +113,22 @@ def build_configmap(owner: Owner, spec: UnlearningJobSpec, settings: Settings) -
         "kind": "ConfigMap",
         "metadata": _metadata(owner, configmap_name(owner), settings),
         "data": {SPEC_FILE: yaml.safe_dump(document, sort_keys=False)},
+    }
+
+
+def build_service_account(namespace: str, settings: Settings) -> dict[str, Any]:
+    """The trainer pods' ServiceAccount in the job's namespace: no token, no permissions, and no owner, since
+    every job in the namespace shares it. One that exists already (say, with a workload-identity annotation
+    for S3 access) is used as it is."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {
+            "name": settings.trainer_service_account,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/name": "unlearning-trainer", "app.kubernetes.io/managed-by": MANAGER},
+        },
+        "automountServiceAccountToken": False,
     }
 
 

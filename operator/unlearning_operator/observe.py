@@ -181,6 +181,21 @@ def observe(job: dict[str, Any] | None, pods: list[dict[str, Any]], permanent_co
         return Observation("Failed", failure.reason, failure.message, failure, permanent=permanent)
     if (job.get("spec") or {}).get("suspend"):
         return Observation("Suspended", "JobSuspended", "the trainer Job is suspended")
-    if status.get("active") or status.get("ready"):
-        return Observation("Running", "PodsRunning", f"{status.get('active', 0)} trainer pod(s) running")
-    return Observation("Pending", "PodsPending", "waiting for trainer pods to start")
+    if status.get("ready"):
+        return Observation("Running", "PodsRunning", f"{status['ready']} of {status.get('active', 0)} trainer pod(s) running")
+    return Observation("Pending", "PodsPending", _pending_message(pods) or "waiting for trainer pods to start")
+
+
+def _pending_message(pods: list[dict[str, Any]]) -> str | None:
+    """Why a pod has not started, as the scheduler or the kubelet says: unschedulable, image, config."""
+    for pod in sorted(pods, key=lambda pod: pod.get("metadata", {}).get("name", "")):
+        name = pod.get("metadata", {}).get("name", "")
+        status = pod.get("status") or {}
+        for condition in status.get("conditions") or []:
+            if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+                return f"pod {name} cannot be scheduled: {condition.get('message') or condition.get('reason')}"
+        for container in status.get("containerStatuses") or []:
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") not in (None, "ContainerCreating", "PodInitializing"):
+                return f"pod {name}: {waiting['reason']}: {waiting.get('message', '')}".strip()[:MAX_MESSAGE]
+    return None

@@ -92,7 +92,7 @@ def _resolved_example() -> dict[str, Any]:
 
 
 def test_spec_is_immutable_once_started_except_suspend():
-    rule = _rules()["root"][1]["rule"]
+    rule = _rules()["root"][-1]["rule"]
     old = _resolved_example()
     started = copy.deepcopy(old) | {"status": {"startTime": "2026-12-01T00:00:00Z"}}
     changed = copy.deepcopy(started)

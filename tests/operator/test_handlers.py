@@ -41,7 +41,7 @@ async def test_happy_path_creates_children_and_tracks_the_job_to_success(cluster
         assert status["phase"] == "Pending" and status["progress"] == {"step": 0, "totalSteps": 100, "percent": 0}
         assert status["startTime"] and status["outputModelUri"] == "s3://models/forget-42-out"
 
-        await cluster.set_job_status("forget-42-r0", {"active": 2})
+        await cluster.set_job_status("forget-42-r0", {"active": 2, "ready": 2})
         await eventually(lambda: cluster.status("forget-42").get("phase") == "Running", what="Running")
         message = json.dumps({"reason": "Succeeded", "message": "done", "step": 100})
         for index in range(2):
@@ -167,7 +167,7 @@ async def test_suspend_and_resume(cluster, kmock):
         await cluster.patch_job_resource("pause", {"spec": {"runPolicy": {"suspend": False}}})
         await eventually(lambda: cluster.job("pause-r0")["spec"]["suspend"] is False, what="resume")
         await eventually(lambda: cluster.condition("pause", "Suspended")["status"] == "False", what="resumed")
-        await cluster.set_job_status("pause-r0", {"active": 1})
+        await cluster.set_job_status("pause-r0", {"active": 1, "ready": 1})
         await eventually(lambda: cluster.status("pause").get("phase") == "Running", what="Running again")
 
 
@@ -196,7 +196,7 @@ async def test_operator_restart_mid_job_creates_no_duplicates(cluster, kmock):
     async with running_operator(kmock):
         await cluster.apply(job_document("steady"))
         await _created(cluster, "steady")
-        await cluster.set_job_status("steady-r0", {"active": 1})
+        await cluster.set_job_status("steady-r0", {"active": 1, "ready": 1})
         await eventually(lambda: cluster.status("steady").get("phase") == "Running", what="Running")
     async with running_operator(kmock):
         await asyncio.sleep(1.0)
@@ -239,7 +239,7 @@ async def test_mlflow_run_progress_and_end_are_tracked(cluster, kmock, mlflow_se
         assert run["runUrl"].endswith(f"/runs/{run['runId']}")
         env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
         assert env["MLFLOW_RUN_ID"] == run["runId"] and env["MLFLOW_TRACKING_URI"] == mlflow_server.url
-        await cluster.set_job_status("tracked-r0", {"active": 1})
+        await cluster.set_job_status("tracked-r0", {"active": 1, "ready": 1})
         await eventually(lambda: cluster.status("tracked").get("phase") == "Running", what="Running")
         client = MlflowClient(mlflow_server.url)
         client.log_metric(run["runId"], "progress/step", 40, step=40)

@@ -72,7 +72,7 @@ async def test_chart_grants_exactly_what_the_operator_uses(cluster, kmock):
     async with running_operator(kmock):
         await cluster.apply(job_document("lifecycle", runPolicy={"backoffLimit": 1, "ttlSecondsAfterFinished": 60}))
         await eventually(lambda: cluster.job("lifecycle-r0"), what="Job")
-        await cluster.set_job_status("lifecycle-r0", {"active": 1})
+        await cluster.set_job_status("lifecycle-r0", {"active": 1, "ready": 1})
         await cluster.patch_job_resource("lifecycle", {"spec": {"runPolicy": {"suspend": True}}})
         await eventually(lambda: cluster.status("lifecycle").get("phase") == "Suspended", what="Suspended")
         await cluster.patch_job_resource("lifecycle", {"spec": {"runPolicy": {"suspend": False}}})

@@ -6,6 +6,7 @@ This module must stay importable without torch (the operator image has none).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,11 +23,23 @@ METHODS = ("siss", "siss-no-is", "naive", "neggrad", "erasediff")
 Method = Literal["siss", "siss-no-is", "naive", "neggrad", "erasediff"]
 NORM_FIXED_METHODS = ("siss", "siss-no-is")
 
+MAX_NAME_LENGTH = 50
+"""Room for the children's suffixes: the Job `<name>-r<attempt>` and its pods' hostnames `<job>-<index>` must
+stay DNS-1123 labels (at most 63 characters)."""
+NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+"""A DNS-1035 label: the headless Service is named after the job, and Service names must be DNS-1035 labels
+(a lower-case letter first, then lower-case letters, digits and '-', no '-' or '.' at the end)."""
+SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+"""A DNS-1123 subdomain, what Kubernetes requires of a Secret name."""
+
 
 class _Model(BaseModel):
-    """Shared config: camelCase names on the wire, unknown fields rejected, frozen after parsing."""
+    """Shared config: camelCase names on the wire, unknown fields rejected, frozen after parsing, and strict
+    types (no "300" or true where a number belongs), as the API server judges the same document."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        alias_generator=to_camel, validate_by_name=True, validate_by_alias=True, extra="forbid", frozen=True, strict=True
+    )
 
 
 MAX_URI = 2048
@@ -162,6 +175,7 @@ class StorageSpec(_Model):
     credentials_secret: str | None = Field(
         default=None,
         max_length=253,
+        pattern=SECRET_NAME_PATTERN,
         description="Name of the Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (Kubernetes only).",
     )
 
@@ -242,7 +256,12 @@ class UnlearningJobSpec(_Model):
 
 class ObjectMeta(_Model):
     model_config = ConfigDict(extra="allow", frozen=True)
-    name: str = Field(min_length=1, max_length=50)
+    name: str = Field(
+        min_length=1,
+        max_length=MAX_NAME_LENGTH,
+        pattern=NAME_PATTERN,
+        description="Lower-case letters, digits and '-', starting with a letter (the Service and pods take it).",
+    )
     namespace: str | None = None
 
 
@@ -275,11 +294,17 @@ _FIXES = {
     "greater_than_equal": "use a larger value",
     "less_than": "use a smaller value",
     "less_than_equal": "use a smaller value",
+    "int_type": "use a whole number, unquoted",
+    "float_type": "use a number, unquoted",
+    "bool_type": "use true or false, unquoted",
+    "string_type": "use a string",
+    "model_type": "use a mapping of fields",
     "int_parsing": "use a whole number",
     "int_from_float": "use a whole number",
     "float_parsing": "use a number",
     "string_too_short": "give a non-empty value",
     "string_too_long": "use a shorter value",
+    "string_pattern_mismatch": "use lower-case letters, digits, '-' (and '.' in a Secret name), as Kubernetes names require",
 }
 
 
@@ -314,11 +339,23 @@ def parse_spec(spec: Any, *, source: str = "spec") -> UnlearningJobSpec:
     return parse_job({"metadata": {"name": "job"}, "spec": spec}, source=source).spec
 
 
+class JobLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, with floats as kubectl reads them: `5e-5` is a number, not the string PyYAML 1.1
+    rules make of it, so `unlearn validate` and the API server see the same document."""
+
+
+JobLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$|^[-+]?\.(inf|Inf|INF)$|^\.(nan|NaN|NAN)$"),
+    list("-+0123456789."),
+)
+
+
 def load_job(path: str | Path) -> UnlearningJob:
     """Read and validate a job file."""
     path = Path(path)
     try:
-        document = yaml.safe_load(path.read_text())
+        document = yaml.load(path.read_text(), Loader=JobLoader)
     except FileNotFoundError:
         raise SpecError(f"{path}: no such file") from None
     except yaml.YAMLError as exc:

@@ -38,7 +38,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   resources: [jobs]
   verbs: [create, get, list, watch, patch, delete]
 - apiGroups: [""]
-  resources: [services, configmaps]
+  resources: [services, configmaps, serviceaccounts]
   verbs: [create, get]
 - apiGroups: [""]
   resources: [pods]

@@ -1,0 +1,154 @@
+"""A battery of UnlearningJob documents, each with the verdict both judges must give: `unlearn validate` (the
+pydantic model) and the API server (the generated CRD's schema and CEL rules, with kubectl's strict field
+validation). Each refused one names the field the message must mention.
+
+`tests/trainer/test_validate_battery.py` runs the CLI on every case; `tests/cluster/test_resources.py` also
+sends each one to the real API server with `kubectl apply --dry-run=server` and compares the verdicts.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = yaml.safe_load((ROOT / "examples" / "unlearningjob.yaml").read_text())
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    edit: Callable[[dict[str, Any]], None]
+    field: str | None
+    """What a refusal must name; None for a document both judges accept."""
+    server_field: str | None = None
+    """What the API server's refusal names instead, where kubectl words it differently (kinds, versions)."""
+    raw: str | None = None
+    """YAML text to use instead of the edited document (to test how numbers are written)."""
+
+    @property
+    def valid(self) -> bool:
+        return self.field is None
+
+    def document(self) -> dict[str, Any]:
+        document = copy.deepcopy(BASE)
+        self.edit(document)
+        return document
+
+    def text(self) -> str:
+        return self.raw if self.raw is not None else yaml.safe_dump(self.document(), sort_keys=False)
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def edit(document: dict[str, Any]) -> None:
+        *parents, leaf = path.split(".")
+        node = document
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+
+    return edit
+
+
+def _drop(path: str) -> Callable[[dict[str, Any]], None]:
+    def edit(document: dict[str, Any]) -> None:
+        *parents, leaf = path.split(".")
+        node = document
+        for part in parents:
+            node = node[part]
+        del node[leaf]
+
+    return edit
+
+
+def _both(*edits: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+    def edit(document: dict[str, Any]) -> None:
+        for one in edits:
+            one(document)
+
+    return edit
+
+
+def _unchanged(document: dict[str, Any]) -> None:
+    return None
+
+
+_BASE_TEXT = (ROOT / "examples" / "unlearningjob.yaml").read_text()
+
+CASES = [
+    # --- accepted by both ---------------------------------------------------------------------------------
+    Case("the-example", _unchanged, None),
+    Case("one-letter-name", _set("metadata.name", "a"), None),
+    Case("name-of-50", _set("metadata.name", "f" * 50), None),
+    Case("dotted-secret-name", _set("spec.storage.credentialsSecret", "s3.credentials-1"), None),
+    Case("lambda-0", _set("spec.method.lambda", 0), None),
+    Case("lambda-1", _set("spec.method.lambda", 1), None),
+    Case("exponent-without-dot", _unchanged, None, raw=_BASE_TEXT.replace("learningRate: 5.0e-5", "learningRate: 5e-5")),
+    Case("warmup-with-cosine", _set("spec.training", {"lrScheduler": "cosine", "lrWarmupSteps": 10}), None),
+    # --- names --------------------------------------------------------------------------------------------
+    Case("name-starts-with-digit", _set("metadata.name", "42-forget"), "metadata.name"),
+    Case("name-with-dots", _set("metadata.name", "forget.req.42"), "metadata.name"),
+    Case("name-upper-case", _set("metadata.name", "Forget-42"), "metadata.name"),
+    Case("name-unicode", _set("metadata.name", "forget-né"), "metadata.name"),
+    Case("name-ends-with-dash", _set("metadata.name", "forget-"), "metadata.name"),
+    Case("name-of-51", _set("metadata.name", "f" * 51), "metadata.name"),
+    Case("secret-name-underscore", _set("spec.storage.credentialsSecret", "My_S3_Secret"), "credentialsSecret"),
+    Case("secret-name-upper-case", _set("spec.storage.credentialsSecret", "S3-Credentials"), "credentialsSecret"),
+    # --- the document -------------------------------------------------------------------------------------
+    Case("no-spec", _drop("spec"), "spec"),
+    Case("no-model", _drop("spec.model"), "spec.model"),
+    Case("no-output-uri", _set("spec.output", {}), "spec.output.uri"),
+    Case("empty-model-uri", _set("spec.model.uri", ""), "spec.model.uri"),
+    Case("forget-is-a-string", _set("spec.data.forget", "s3://datasets/requests/42/"), "spec.data.forget"),
+    Case("unknown-spec-field", _set("spec.priority", "high"), "spec.priority"),
+    Case("snake-case-field", _set("spec.training.batch_size", 32), "batch_size"),
+    Case("output-is-the-model", _set("spec.output.uri", "s3://models/ddpm-digits"), "spec.output.uri"),
+    # --- method -------------------------------------------------------------------------------------------
+    Case("unknown-method", _set("spec.method.name", "forget-everything"), "spec.method.name"),
+    Case("lambda-above-1", _set("spec.method.lambda", 1.5), "spec.method.lambda"),
+    Case("lambda-negative", _set("spec.method.lambda", -0.1), "spec.method.lambda"),
+    Case("lambda-as-string", _set("spec.method.lambda", "0.5"), "spec.method.lambda"),
+    Case("forget-grad-norm-0", _set("spec.method.forgetGradNorm", 0), "spec.method.forgetGradNorm"),
+    # --- training -----------------------------------------------------------------------------------------
+    Case("steps-0", _set("spec.training.steps", 0), "spec.training.steps"),
+    Case("steps-as-string", _set("spec.training.steps", "300"), "spec.training.steps"),
+    Case("steps-as-boolean", _set("spec.training.steps", True), "spec.training.steps"),
+    Case("batch-size-fraction", _set("spec.training.batchSize", 2.5), "spec.training.batchSize"),
+    Case("learning-rate-word", _set("spec.training.learningRate", "fast"), "spec.training.learningRate"),
+    Case("learning-rate-0", _set("spec.training.learningRate", 0), "spec.training.learningRate"),
+    Case("unknown-scheduler", _set("spec.training.lrScheduler", "exponential"), "spec.training.lrScheduler"),
+    Case("adam-beta1-of-1", _set("spec.training.adamBeta1", 1.0), "spec.training.adamBeta1"),
+    Case(
+        "warmup-with-constant-schedule",
+        _set("spec.training.lrWarmupSteps", 10),
+        "spec.training.lrWarmupSteps",
+    ),
+    Case(
+        "warmup-as-long-as-training",
+        _set("spec.training", {"steps": 100, "lrScheduler": "linear", "lrWarmupSteps": 100}),
+        "spec.training.lrWarmupSteps",
+    ),
+    Case(
+        "batch-not-divisible",
+        _both(_set("spec.workers", 3), _set("spec.training.batchSize", 64)),
+        "spec.training.batchSize",
+    ),
+    # --- evaluation, audit, tracking ----------------------------------------------------------------------
+    Case("unknown-nll-method", _set("spec.evaluation.nll", {"method": "exact"}), "spec.evaluation.nll.method"),
+    Case("negative-threshold", _set("spec.evaluation.memorizationThreshold", -1), "memorizationThreshold"),
+    Case("guidance-below-1", _set("spec.evaluation.guidanceScale", 0.5), "spec.evaluation.guidanceScale"),
+    Case("max-rate-above-1", _set("spec.audit", {"maxMemorizationRate": 2}), "spec.audit.maxMemorizationRate"),
+    Case("empty-experiment", _set("spec.tracking.experiment", ""), "spec.tracking.experiment"),
+    Case("registered-model-without-name", _set("spec.tracking.registeredModel", {"alias": "x"}), "registeredModel.name"),
+    # --- workers and run policy ---------------------------------------------------------------------------
+    Case("workers-0", _set("spec.workers", 0), "spec.workers"),
+    Case("workers-65", _set("spec.workers", 65), "spec.workers"),
+    Case("suspend-yes-string", _set("spec.runPolicy.suspend", "yes"), "spec.runPolicy.suspend"),
+    Case("backoff-negative", _set("spec.runPolicy.backoffLimit", -1), "spec.runPolicy.backoffLimit"),
+    Case("deadline-0", _set("spec.runPolicy.activeDeadlineSeconds", 0), "spec.runPolicy.activeDeadlineSeconds"),
+]
