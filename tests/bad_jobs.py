@@ -88,7 +88,9 @@ CASES = [
     Case("dotted-secret-name", _set("spec.storage.credentialsSecret", "s3.credentials-1"), None),
     Case("lambda-0", _set("spec.method.lambda", 0), None),
     Case("lambda-1", _set("spec.method.lambda", 1), None),
-    Case("exponent-without-dot", _unchanged, None, raw=_BASE_TEXT.replace("learningRate: 5.0e-5", "learningRate: 5e-5")),
+    Case(
+        "exponent-without-dot", _unchanged, None, raw=_BASE_TEXT.replace("learningRate: 5.0e-5", "learningRate: 5e-5")
+    ),
     Case("warmup-with-cosine", _set("spec.training", {"lrScheduler": "cosine", "lrWarmupSteps": 10}), None),
     # --- names --------------------------------------------------------------------------------------------
     Case("name-starts-with-digit", _set("metadata.name", "42-forget"), "metadata.name"),
@@ -108,6 +110,7 @@ CASES = [
     Case("unknown-spec-field", _set("spec.priority", "high"), "spec.priority"),
     Case("snake-case-field", _set("spec.training.batch_size", 32), "batch_size"),
     Case("output-is-the-model", _set("spec.output.uri", "s3://models/ddpm-digits"), "spec.output.uri"),
+    Case("output-is-the-model-with-slash", _set("spec.output.uri", "s3://models/ddpm-digits/"), "spec.output.uri"),
     # --- method -------------------------------------------------------------------------------------------
     Case("unknown-method", _set("spec.method.name", "forget-everything"), "spec.method.name"),
     Case("lambda-above-1", _set("spec.method.lambda", 1.5), "spec.method.lambda"),
@@ -133,6 +136,7 @@ CASES = [
         _set("spec.training", {"steps": 100, "lrScheduler": "linear", "lrWarmupSteps": 100}),
         "spec.training.lrWarmupSteps",
     ),
+    Case("accumulation-huge", _set("spec.training.gradientAccumulationSteps", 2**62), "gradientAccumulationSteps"),
     Case(
         "batch-not-divisible",
         _both(_set("spec.workers", 3), _set("spec.training.batchSize", 64)),
@@ -144,7 +148,9 @@ CASES = [
     Case("guidance-below-1", _set("spec.evaluation.guidanceScale", 0.5), "spec.evaluation.guidanceScale"),
     Case("max-rate-above-1", _set("spec.audit", {"maxMemorizationRate": 2}), "spec.audit.maxMemorizationRate"),
     Case("empty-experiment", _set("spec.tracking.experiment", ""), "spec.tracking.experiment"),
-    Case("registered-model-without-name", _set("spec.tracking.registeredModel", {"alias": "x"}), "registeredModel.name"),
+    Case(
+        "registered-model-without-name", _set("spec.tracking.registeredModel", {"alias": "x"}), "registeredModel.name"
+    ),
     # --- workers and run policy ---------------------------------------------------------------------------
     Case("workers-0", _set("spec.workers", 0), "spec.workers"),
     Case("workers-65", _set("spec.workers", 65), "spec.workers"),

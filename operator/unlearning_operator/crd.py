@@ -202,21 +202,6 @@ PRINTER_COLUMNS = [
 def build_crd() -> dict[str, Any]:
     """The whole CustomResourceDefinition."""
     spec = openapi_schema(UnlearningJobSpec)
-    spec["x-kubernetes-validations"] = [
-        {
-            "rule": "self.output.uri != self.model.uri",
-            "message": "spec.output.uri must differ from spec.model.uri: the base model would be overwritten",
-            "fieldPath": ".output.uri",
-            "reason": "FieldValueInvalid",
-        },
-        {
-            "rule": "!has(self.training) || "
-            "self.training.batchSize % (self.workers * self.training.gradientAccumulationSteps) == 0",
-            "message": "spec.training.batchSize must be divisible by workers x gradientAccumulationSteps",
-            "fieldPath": ".training.batchSize",
-            "reason": "FieldValueInvalid",
-        },
-    ]
     root = {
         "type": "object",
         "required": ["spec"],
@@ -232,14 +217,12 @@ def build_crd() -> dict[str, Any]:
                 "rule": f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
                 "message": f"metadata.name must be at most {MAX_NAME_LENGTH} characters (child Job and pod names "
                 "derive from it)",
-                "fieldPath": ".metadata.name",
                 "reason": "FieldValueInvalid",
             },
             {
                 "rule": f"self.metadata.name.matches('{NAME_PATTERN}')",
                 "message": "metadata.name must be a DNS-1035 label: lower-case letters, digits and '-', starting "
                 "with a letter and ending with a letter or digit (the trainer Service and pods are named after it)",
-                "fieldPath": ".metadata.name",
                 "reason": "FieldValueInvalid",
             },
             {

@@ -10,6 +10,8 @@ operator restart picks up where it left off without duplicating children.
 from __future__ import annotations
 
 import logging
+import threading
+from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
@@ -18,7 +20,7 @@ import kopf
 
 from unlearning_operator import conditions, manifests
 from unlearning_operator.crd import GROUP, PLURAL, VERSION
-from unlearning_operator.k8s import Kubernetes, OwnershipError
+from unlearning_operator.k8s import Kubernetes, OwnershipError, StaleError
 from unlearning_operator.mlflow_runs import MlflowRuns
 from unlearning_operator.observe import INTERRUPTED, Observation, observe
 from unlearning_operator.settings import Settings
@@ -37,6 +39,7 @@ class Operator:
         self.settings = settings
         self.kube = kube
         self._mlflow = mlflow
+        self._locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
 
     def mlflow_for(self, spec: UnlearningJobSpec) -> MlflowRuns | None:
         uri = manifests.resolved_spec(spec, self.settings).tracking.mlflow_tracking_uri
@@ -168,7 +171,19 @@ class Operator:
     # ----- following the trainer Job --------------------------------------------------------------------------
 
     def sync(self, namespace: str, name: str) -> None:
-        """Mirror the current attempt's Job into the UnlearningJob status; restart or finish as needed."""
+        """Mirror the current attempt's Job into the UnlearningJob status; restart or finish as needed.
+
+        The Job watch and the timer both call this, from kopf's thread pool: one lock per resource keeps them
+        from judging the same attempt twice, and every status write is conditional on the resourceVersion
+        that was read, so a decision taken on a stale read is dropped instead of overwriting a newer one.
+        """
+        with self._locks[(namespace, name)]:
+            try:
+                self._sync(namespace, name)
+            except StaleError as exc:
+                logger.info("%s; the next event decides again", exc)
+
+    def _sync(self, namespace: str, name: str) -> None:
         body = self.kube.get_unlearning_job(namespace, name)
         if body is None or (body.get("status") or {}).get("phase") in TERMINAL:
             return
@@ -180,7 +195,14 @@ class Operator:
         except SpecError:
             return
         job = self.kube.get_job(namespace, status["jobName"])
-        pods = self.kube.list_pods(namespace, status["jobName"]) if job else []
+        if job is None:
+            owner = manifests.Owner.from_body(body)
+            attempt = int(status.get("restarts") or 0)
+            self._ensure_children(owner, spec, attempt, status.get("mlflow") or {}, status.get("startTime"))
+            return
+        if job["metadata"].get("deletionTimestamp"):
+            return
+        pods = self.kube.list_pods(namespace, status["jobName"])
         seen = observe(job, pods, manifests.PERMANENT_EXIT_CODES)
         if seen.state == "Failed":
             self._handle_failure(body, spec, seen)
@@ -199,7 +221,7 @@ class Operator:
         meta = body["metadata"]
         before = conditions.phase((body.get("status") or {}).get("conditions") or [])
         patch = self._status_update(body, updates, **fields)
-        self.kube.patch_status(meta["namespace"], meta["name"], patch)
+        self.kube.patch_status(meta["namespace"], meta["name"], patch, resource_version=meta.get("resourceVersion"))
         if patch["phase"] != before:
             event = kopf.warn if patch["phase"] == "Failed" else kopf.info
             event(body, reason=patch["phase"], message=patch.get("message", "") or patch["phase"])
@@ -222,9 +244,7 @@ class Operator:
             self._finish(body, spec, seen, succeeded=False)
             return
         owner = manifests.Owner.from_body(body)
-        self.kube.delete_job(owner.namespace, status["jobName"])
         attempt = restarts + 1
-        self._ensure_children(owner, spec, attempt, status.get("mlflow") or {}, status.get("startTime"))
         if interrupted:
             message = (
                 f"attempt {attempt} was interrupted ({seen.message}); restarting all workers from the checkpoint, "
@@ -241,6 +261,8 @@ class Operator:
             jobName=manifests.job_name(owner, attempt),
             lastRestart={"attempt": attempt, "time": conditions.now(), **failure},
         )
+        self.kube.delete_job(owner.namespace, status["jobName"])
+        self._ensure_children(owner, spec, attempt, status.get("mlflow") or {}, status.get("startTime"))
         kopf.warn(body, reason="Restarting", message=message[:1024])
         tags = {
             "unlearning.dev/restarts": str(attempt),

@@ -19,6 +19,10 @@ class OwnershipError(Exception):
     """A child with our name exists but belongs to someone else."""
 
 
+class StaleError(Exception):
+    """The object changed since it was read; the decision taken on that read must be dropped."""
+
+
 class Kubernetes:
     def __init__(self, api_client: kubernetes.client.ApiClient, *, timeout_seconds: float = 30.0) -> None:
         self.core = kubernetes.client.CoreV1Api(api_client)
@@ -118,7 +122,19 @@ class Kubernetes:
                 return None
             raise
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name, {"status": status}, _request_timeout=self.timeout
-        )
+    def patch_status(
+        self, namespace: str, name: str, status: dict[str, Any], *, resource_version: str | None = None
+    ) -> None:
+        """Merge `status` in. With `resource_version`, only if the object is still at that version: a decision
+        taken on a stale read raises StaleError instead of overwriting a newer one."""
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        try:
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURAL, name, body, _request_timeout=self.timeout
+            )
+        except ApiException as exc:
+            if exc.status == 409 and resource_version:
+                raise StaleError(f"UnlearningJob {namespace}/{name} changed since it was read") from None
+            raise

@@ -182,7 +182,8 @@ def observe(job: dict[str, Any] | None, pods: list[dict[str, Any]], permanent_co
     if (job.get("spec") or {}).get("suspend"):
         return Observation("Suspended", "JobSuspended", "the trainer Job is suspended")
     if status.get("ready"):
-        return Observation("Running", "PodsRunning", f"{status['ready']} of {status.get('active', 0)} trainer pod(s) running")
+        running = f"{status['ready']} of {status.get('active', 0)} trainer pod(s) running"
+        return Observation("Running", "PodsRunning", running)
     return Observation("Pending", "PodsPending", _pending_message(pods) or "waiting for trainer pods to start")
 
 

@@ -21,6 +21,14 @@ class ApiError(Exception):
         self.status = status
         self.body = body
 
+    @property
+    def message(self) -> str:
+        """The `message` of the API server's Status object."""
+        try:
+            return json.loads(self.body).get("message", self.body)
+        except ValueError:
+            return self.body
+
 
 class Api:
     def __init__(

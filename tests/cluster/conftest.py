@@ -36,7 +36,7 @@ OPERATOR_USER = f"system:serviceaccount:{AUDITED_NAMESPACE}:{RELEASE}"
 @pytest.fixture(scope="session")
 def control_plane(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
     try:
-        binaries = build()
+        binaries, versions = build()
     except BuildError as exc:
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI=true and the control plane cannot be built: {exc}")
@@ -45,7 +45,9 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixt
     plane.start()
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
-        reporter.write_line(f"control plane (etcd, kube-apiserver, kube-controller-manager) up in {plane.started_in:.1f} s")
+        for line in versions.splitlines():
+            reporter.write_line(line)
+        reporter.write_line(f"control plane (etcd, kube-apiserver, controller manager) up in {plane.started_in:.1f} s")
     yield plane
     plane.stop()
 
@@ -68,7 +70,9 @@ class Kubectl:
     def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self._run("helm", args, None, check)
 
-    def _run(self, tool: str, args: tuple[str, ...], input: str | None, check: bool) -> subprocess.CompletedProcess[str]:
+    def _run(
+        self, tool: str, args: tuple[str, ...], input: str | None, check: bool
+    ) -> subprocess.CompletedProcess[str]:
         env = {
             "PATH": os.environ.get("PATH", ""),
             "HOME": str(self.plane.root),
@@ -81,7 +85,8 @@ class Kubectl:
             [str(self.plane.tool(tool)), *args], input=input, capture_output=True, text=True, env=env, timeout=120
         )
         if check and result.returncode != 0:
-            raise AssertionError(f"{tool} {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+            command = " ".join((tool, *args))
+            raise AssertionError(f"{command} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
         return result
 
     def apply(self, document: dict[str, Any], *extra: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -187,9 +192,7 @@ def forbidden_requests(plane: ControlPlane) -> list[str]:
 
 
 def install(kubectl: Kubectl, *values: str) -> None:
-    kubectl.helm(
-        "install", RELEASE, str(CHART), "--namespace", AUDITED_NAMESPACE, "--create-namespace", *values
-    )
+    kubectl.helm("install", RELEASE, str(CHART), "--namespace", AUDITED_NAMESPACE, "--create-namespace", *values)
 
 
 def uninstall(kubectl: Kubectl) -> None:

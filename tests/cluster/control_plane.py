@@ -40,15 +40,14 @@ class BuildError(RuntimeError):
     """The Go toolchain is missing or the build failed."""
 
 
-def build() -> Path:
-    """Build (or reuse) the binaries; returns their folder. Prints the versions."""
+def build() -> tuple[Path, str]:
+    """Build (or reuse) the binaries; returns their folder and their versions."""
     if shutil.which("go") is None:
         raise BuildError("the Go toolchain is missing: the cluster tests build Kubernetes from Go modules (Go 1.26)")
     result = subprocess.run(["bash", str(BUILD_SCRIPT)], capture_output=True, text=True)
     if result.returncode != 0:
         raise BuildError(f"{BUILD_SCRIPT} failed:\n{result.stderr[-4000:]}")
-    print(result.stderr.strip())
-    return Path(result.stdout.strip().splitlines()[-1])
+    return Path(result.stdout.strip().splitlines()[-1]), result.stderr.strip()
 
 
 def write_kubeconfig(path: Path, server: str, ca: Path, user: dict[str, str]) -> Path:
@@ -162,6 +161,7 @@ class ControlPlane:
                 "--service-cluster-ip-range=10.0.0.0/24",
                 "--authorization-mode=Node,RBAC",
                 "--allow-privileged=true",
+                "--endpoint-reconciler-type=none",
                 f"--audit-policy-file={policy}",
                 f"--audit-log-path={self.audit_log}",
                 "--audit-log-mode=blocking",

@@ -53,6 +53,8 @@ from tests.cluster.control_plane import write_kubeconfig
 from tests.servers import free_port
 
 NODE_NAME = "node-1"
+JOB_NAME = "batch.kubernetes.io/job-name"
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 DEFAULT_TERMINATION_PATH = "/dev/termination-log"
 MAX_TERMINATION_MESSAGE = 4096
 LOG_TAIL_BYTES, LOG_TAIL_LINES = 2048, 80
@@ -537,9 +539,7 @@ class LocalNode:
             status["containerID"] = f"local://{pod.process.pid}"
         return status
 
-    def _pod_status(
-        self, pod: LocalPod, phase: str, container_status: dict[str, Any], *, ready: bool = False
-    ) -> None:
+    def _pod_status(self, pod: LocalPod, phase: str, container_status: dict[str, Any], *, ready: bool = False) -> None:
         value = "True" if ready else "False"
         conditions = [
             {"type": "Initialized", "status": "True", "lastTransitionTime": now()},
@@ -557,10 +557,11 @@ class LocalNode:
             "startTime": pod.started_at or now(),
         }
         path = f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}/status"
-        with contextlib.suppress(ApiError):
-            self.api.request(
-                "PATCH", path, {"status": status}, content_type="application/strategic-merge-patch+json"
-            )
+        try:
+            self.api.request("PATCH", path, {"status": status}, content_type="application/strategic-merge-patch+json")
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
 
     # ----- what a test does to a node -------------------------------------------------------------------------
 
@@ -576,9 +577,9 @@ class LocalNode:
         pods = [
             p
             for p in self.pods.values()
-            if p.namespace == namespace and (p.body["metadata"].get("labels") or {}).get("batch.kubernetes.io/job-name") == job
+            if p.namespace == namespace and (p.body["metadata"].get("labels") or {}).get(JOB_NAME) == job
         ]
-        return sorted(pods, key=lambda p: p.body["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"])
+        return sorted(pods, key=lambda p: int(p.body["metadata"]["annotations"][COMPLETION_INDEX]))
 
     def kill_workers(self, pod: LocalPod) -> list[int]:
         """SIGKILL the processes under the container's main process, as the kernel's OOM killer would."""

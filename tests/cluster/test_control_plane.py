@@ -66,7 +66,9 @@ def test_a_failing_pod_fails_the_job_through_pod_failure_policy(admin: Api, node
     create_namespace(admin, "smoke", restricted=False)
     policy = {"rules": [{"action": "FailJob", "onExitCodes": {"operator": "In", "values": [2]}}]}
     admin.request(
-        "POST", "/apis/batch/v1/namespaces/smoke/jobs", _job("bad-args", ["unlearn", "no-such-command"], podFailurePolicy=policy)
+        "POST",
+        "/apis/batch/v1/namespaces/smoke/jobs",
+        _job("bad-args", ["unlearn", "no-such-command"], podFailurePolicy=policy),
     )
     failed = eventually(
         lambda: node.check() and _condition(admin.get("/apis/batch/v1/namespaces/smoke/jobs/bad-args"), "Failed"),
@@ -86,4 +88,4 @@ def test_admission_refuses_a_pod_whose_service_account_does_not_exist(admin: Api
     }
     with pytest.raises(ApiError) as refused:
         admin.request("POST", "/api/v1/namespaces/smoke/pods", pod)
-    assert refused.value.status == 403 and 'serviceaccount "nobody" not found' in refused.value.body
+    assert refused.value.status == 403 and 'serviceaccount "nobody" not found' in refused.value.message

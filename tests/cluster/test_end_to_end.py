@@ -35,7 +35,9 @@ def user_namespace(platform, admin) -> str:
     return NAMESPACE
 
 
-def test_unlearningjob_runs_two_workers_end_to_end(platform, admin, kubectl, node, user_namespace, s3_server, mlflow_server, s3_scenario):
+def test_unlearningjob_runs_two_workers_end_to_end(
+    platform, admin, kubectl, node, user_namespace, s3_server, mlflow_server, s3_scenario
+):
     steps = 6
     kubectl.apply(job_document("forget-e2e", user_namespace, s3_scenario, steps=steps, checkpoint_every=3))
     status = until_phase(admin, node, user_namespace, "forget-e2e", "Succeeded")

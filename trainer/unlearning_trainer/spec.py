@@ -23,6 +23,9 @@ METHODS = ("siss", "siss-no-is", "naive", "neggrad", "erasediff")
 Method = Literal["siss", "siss-no-is", "naive", "neggrad", "erasediff"]
 NORM_FIXED_METHODS = ("siss", "siss-no-is")
 
+MAX_BATCH = 1 << 20
+MAX_ACCUMULATION = 1024
+"""Bounds that keep workers x gradientAccumulationSteps far from the API server's 64-bit CEL integers."""
 MAX_NAME_LENGTH = 50
 """Room for the children's suffixes: the Job `<name>-r<attempt>` and its pods' hostnames `<job>-<index>` must
 stay DNS-1123 labels (at most 63 characters)."""
@@ -38,7 +41,12 @@ class _Model(BaseModel):
     types (no "300" or true where a number belongs), as the API server judges the same document."""
 
     model_config = ConfigDict(
-        alias_generator=to_camel, validate_by_name=True, validate_by_alias=True, extra="forbid", frozen=True, strict=True
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        extra="forbid",
+        frozen=True,
+        strict=True,
     )
 
 
@@ -91,10 +99,41 @@ class MethodSpec(_Model):
 LrScheduler = Literal["constant", "constant_with_warmup", "linear", "cosine"]
 
 
+def _cel(rule: str, message: str, field: str) -> dict[str, str]:
+    """A CEL rule for the generated CRD: the API server's copy of a model validator beside it."""
+    return {"rule": rule, "message": message, "fieldPath": field, "reason": "FieldValueInvalid"}
+
+
+WARMUP_WITHOUT_SCHEDULE = (
+    "spec.training.lrWarmupSteps is set but spec.training.lrScheduler is constant, which has no warm-up. "
+    "Fix: use constant_with_warmup, linear or cosine, or drop lrWarmupSteps."
+)
+WARMUP_TOO_LONG = (
+    "spec.training.lrWarmupSteps must be less than spec.training.steps. Fix: shorten the warm-up or train longer."
+)
+
+
 class TrainingSpec(_Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "self.lrWarmupSteps == 0 || self.lrScheduler != 'constant'",
+                    WARMUP_WITHOUT_SCHEDULE,
+                    ".lrWarmupSteps",
+                ),
+                _cel("self.lrWarmupSteps < self.steps", WARMUP_TOO_LONG, ".lrWarmupSteps"),
+            ]
+        }
+    )
+
     steps: int = Field(default=300, gt=0, description="Optimizer steps.")
-    batch_size: int = Field(default=64, gt=0, description="Global batch size per optimizer step, split across workers.")
-    gradient_accumulation_steps: int = Field(default=1, ge=1, description="Micro-batches per optimizer step.")
+    batch_size: int = Field(
+        default=64, gt=0, le=MAX_BATCH, description="Global batch size per optimizer step, split across workers."
+    )
+    gradient_accumulation_steps: int = Field(
+        default=1, ge=1, le=MAX_ACCUMULATION, description="Micro-batches per optimizer step."
+    )
     learning_rate: float = Field(default=5e-5, gt=0.0, description="AdamW (peak) learning rate.")
     lr_scheduler: LrScheduler = Field(
         default="constant", description="Learning-rate schedule over `steps` (diffusers' get_scheduler)."
@@ -111,10 +150,7 @@ class TrainingSpec(_Model):
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrainingSpec:
         if self.lr_warmup_steps and self.lr_scheduler == "constant":
-            raise ValueError(
-                "spec.training.lrWarmupSteps is set but spec.training.lrScheduler is constant, which has no "
-                "warm-up. Fix: use constant_with_warmup, linear or cosine, or drop lrWarmupSteps."
-            )
+            raise ValueError(WARMUP_WITHOUT_SCHEDULE)
         if self.lr_warmup_steps >= self.steps:
             raise ValueError(
                 f"spec.training.lrWarmupSteps ({self.lr_warmup_steps}) must be less than spec.training.steps "
@@ -221,7 +257,40 @@ class RunPolicySpec(_Model):
     suspend: bool = False
 
 
+OUTPUT_IS_MODEL = (
+    "spec.output.uri equals spec.model.uri: the base model would be overwritten. "
+    "Fix: write the unlearned model to a new location."
+)
+BATCH_NOT_DIVISIBLE = (
+    "spec.training.batchSize must be divisible by workers x gradientAccumulationSteps. "
+    "Fix: choose a batch size that is a multiple of that product."
+)
+
+
+def _without_slash(uri: str) -> str:
+    """CEL: the URI without one trailing '/', as _normalize_uri compares them."""
+    return f"({uri}.endsWith('/') ? {uri}.substring(0, {uri}.size() - 1) : {uri})"
+
+
 class UnlearningJobSpec(_Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    f"{_without_slash('self.output.uri')} != {_without_slash('self.model.uri')}",
+                    OUTPUT_IS_MODEL,
+                    ".output.uri",
+                ),
+                _cel(
+                    "!has(self.training) || "
+                    "self.training.batchSize % (self.workers * self.training.gradientAccumulationSteps) == 0",
+                    BATCH_NOT_DIVISIBLE,
+                    ".training.batchSize",
+                ),
+            ]
+        }
+    )
+
     model: ModelSource
     data: DataSpec
     method: MethodSpec = Field(default_factory=MethodSpec)
@@ -237,10 +306,7 @@ class UnlearningJobSpec(_Model):
     @model_validator(mode="after")
     def _output_is_not_the_input(self) -> UnlearningJobSpec:
         if _normalize_uri(self.output.uri) == _normalize_uri(self.model.uri):
-            raise ValueError(
-                "spec.output.uri equals spec.model.uri: the base model would be overwritten. "
-                "Fix: write the unlearned model to a new location."
-            )
+            raise ValueError(OUTPUT_IS_MODEL)
         return self
 
     @model_validator(mode="after")
@@ -304,7 +370,7 @@ _FIXES = {
     "float_parsing": "use a number",
     "string_too_short": "give a non-empty value",
     "string_too_long": "use a shorter value",
-    "string_pattern_mismatch": "use lower-case letters, digits, '-' (and '.' in a Secret name), as Kubernetes names require",
+    "string_pattern_mismatch": "use lower-case letters, digits and '-' (and '.' in a Secret name)",
 }
 
 
