@@ -9,6 +9,7 @@ operator restart picks up where it left off without duplicating children.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections import defaultdict
@@ -30,6 +31,7 @@ from unlearning_trainer.spec import UnlearningJobSpec, parse_spec
 logger = logging.getLogger("unlearning_operator")
 TERMINAL = ("Succeeded", "Failed")
 FINALIZER = "unlearning.dev/finalizer"
+"""No handler needs a finalizer any more; naming the one older versions added lets kopf remove it."""
 
 
 class Operator:
@@ -72,6 +74,13 @@ class Operator:
             patch["reason"], patch["message"] = reasons[0]["reason"], reasons[0]["message"]
         return patch
 
+    def _event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """A Kubernetes Event on the UnlearningJob; failing to post one never fails the handler."""
+        try:
+            self.kube.create_event(body, type_, reason, message[:1024])
+        except Exception as exc:
+            logger.warning("could not post event %s on %s: %s", reason, body["metadata"]["name"], exc)
+
     # ----- create / resume ------------------------------------------------------------------------------------
 
     def start(self, body: dict[str, Any], patch: kopf.Patch) -> None:
@@ -91,7 +100,7 @@ class Operator:
                     failure={"reason": "InvalidSpec", "message": message[:1024]},
                 )
             )
-            kopf.warn(body, reason="InvalidSpec", message=message[:1024])
+            self._event(body, "Warning", "InvalidSpec", message)
             return
         mlflow_status = status.get("mlflow") or self._create_run(body, owner, spec)
         attempt = int(status.get("restarts") or 0)
@@ -118,7 +127,7 @@ class Operator:
             )
         )
         if created:
-            kopf.info(body, reason="CreatedJob", message=f"created Job {fields['jobName']}")
+            self._event(body, "Normal", "CreatedJob", f"created Job {fields['jobName']}")
 
     def _create_run(self, body: dict[str, Any], owner: manifests.Owner, spec: UnlearningJobSpec) -> dict[str, str]:
         mlflow = self.mlflow_for(spec)
@@ -133,9 +142,9 @@ class Operator:
         try:
             run = mlflow.create(spec.tracking.experiment, f"{owner.namespace}/{owner.name}", tags)
         except Exception as exc:
-            kopf.warn(body, reason="MLflowUnavailable", message=f"could not create the MLflow run: {exc}"[:1024])
+            self._event(body, "Warning", "MLflowUnavailable", f"could not create the MLflow run: {exc}")
             return {}
-        kopf.info(body, reason="MLflowRunCreated", message=f"MLflow run {run['runId']}")
+        self._event(body, "Normal", "MLflowRunCreated", f"MLflow run {run['runId']}")
         return run
 
     def _ensure_children(
@@ -223,8 +232,8 @@ class Operator:
         patch = self._status_update(body, updates, **fields)
         self.kube.patch_status(meta["namespace"], meta["name"], patch, resource_version=meta.get("resourceVersion"))
         if patch["phase"] != before:
-            event = kopf.warn if patch["phase"] == "Failed" else kopf.info
-            event(body, reason=patch["phase"], message=patch.get("message", "") or patch["phase"])
+            kind = "Warning" if patch["phase"] == "Failed" else "Normal"
+            self._event(body, kind, patch["phase"], patch.get("message", "") or patch["phase"])
 
     def _handle_failure(self, body: dict[str, Any], spec: UnlearningJobSpec, seen: Observation) -> None:
         status = body.get("status") or {}
@@ -263,7 +272,7 @@ class Operator:
         )
         self.kube.delete_job(owner.namespace, status["jobName"])
         self._ensure_children(owner, spec, attempt, status.get("mlflow") or {}, status.get("startTime"))
-        kopf.warn(body, reason="Restarting", message=message[:1024])
+        self._event(body, "Warning", "Restarting", message)
         tags = {
             "unlearning.dev/restarts": str(attempt),
             "unlearning.dev/preemptions": str(preemptions + int(interrupted)),
@@ -331,6 +340,11 @@ class Operator:
             updates = {"Suspended": (False, "Resumed", "resumed from the last checkpoint")}
         self._transition(body, updates)
 
+    def poll(self, body: dict[str, Any]) -> None:
+        self.refresh_progress(body)
+        meta = body["metadata"]
+        self.sync(meta["namespace"], meta["name"])
+
     def refresh_progress(self, body: dict[str, Any]) -> None:
         status = body.get("status") or {}
         run_id = (status.get("mlflow") or {}).get("runId")
@@ -351,7 +365,7 @@ class Operator:
         self.kube.patch_status(meta["namespace"], meta["name"], {"progress": progress})
         if seen.resumed_from and seen.resumed_from != before.get("resumedFrom"):
             message = f"attempt {int(status.get('restarts') or 0) + 1} resumed from the checkpoint at step "
-            kopf.info(body, reason="Resumed", message=f"{message}{seen.resumed_from}")
+            self._event(body, "Normal", "Resumed", f"{message}{seen.resumed_from}")
 
     def cleanup(self, body: dict[str, Any]) -> None:
         """Mark an unfinished MLflow run as killed; children go with the owner through garbage collection."""
@@ -392,14 +406,38 @@ def _remaining_deadline(deadline: int | None, start_time: str | None) -> int | N
     return deadline - int((datetime.now(timezone.utc) - started).total_seconds())
 
 
+async def _poll(operator: Operator, namespaces: list[str] | None, interval: float) -> None:
+    """Every `interval`: progress from MLflow and a sync of each unfinished job (a safety net for missed events).
+
+    A plain task rather than a kopf timer: kopf timers put a finalizer on every resource, which would leave
+    UnlearningJobs, and their namespaces, stuck in deletion whenever the operator is not running.
+    """
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            bodies = await asyncio.to_thread(operator.kube.list_unlearning_jobs, namespaces)
+        except Exception as exc:
+            logger.warning("could not list UnlearningJobs: %s", exc)
+            continue
+        for body in bodies:
+            if (body.get("status") or {}).get("phase") in TERMINAL:
+                continue
+            try:
+                await asyncio.to_thread(operator.poll, body)
+            except Exception as exc:
+                logger.warning("polling %s failed: %s", body["metadata"]["name"], exc)
+
+
 def build_registry(
     settings: Settings,
     kube: Kubernetes,
     *,
+    namespaces: list[str] | None = None,
     server: str | None = None,
     mlflow: MlflowRuns | None = None,
 ) -> kopf.OperatorRegistry:
-    """A registry with every handler bound to `settings` and `kube`; `server` adds a login for that API URL."""
+    """A registry with every handler bound to `settings` and `kube`, for `namespaces` (None: all of them);
+    `server` adds a login for that API URL."""
     registry = kopf.OperatorRegistry()
     operator = Operator(settings, kube, mlflow)
     resource = (GROUP, VERSION, PLURAL)
@@ -436,14 +474,19 @@ def build_registry(
         labels = body.get("metadata", {}).get("labels", {})
         operator.sync(body["metadata"]["namespace"], labels[manifests.JOB_LABEL])
 
-    @kopf.timer(*resource, interval=settings.progress_poll_seconds, registry=registry)
-    def poll(body: kopf.Body, **_: Any) -> None:
-        operator.refresh_progress(dict(body))
-        meta = body["metadata"]
-        operator.sync(meta["namespace"], meta["name"])
+    @kopf.on.startup(registry=registry)
+    async def start_polling(memo: kopf.Memo, **_: Any) -> None:
+        memo["poller"] = asyncio.create_task(_poll(operator, namespaces, settings.progress_poll_seconds))
 
-    @kopf.on.delete(*resource, optional=True, registry=registry)
-    def delete(body: kopf.Body, **_: Any) -> None:
-        operator.cleanup(dict(body))
+    @kopf.on.cleanup(registry=registry)
+    async def stop_polling(memo: kopf.Memo, **_: Any) -> None:
+        memo["poller"].cancel()
+
+    @kopf.on.event(*resource, registry=registry)
+    def deleted(body: kopf.Body, type: str | None, **_: Any) -> None:
+        """Best effort and without a finalizer (a deletion never waits for the operator): the children go
+        with their owner through garbage collection; an unfinished MLflow run is marked killed."""
+        if type == "DELETED":
+            operator.cleanup(dict(body))
 
     return registry

@@ -7,12 +7,16 @@ is fine, and selectors are also applied client-side so that test servers that ig
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from typing import Any
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from unlearning_operator.crd import GROUP, PLURAL, VERSION
+from unlearning_trainer.spec import KIND
+
+COMPONENT = "unlearning-operator"
 
 
 class OwnershipError(Exception):
@@ -121,6 +125,49 @@ class Kubernetes:
             if exc.status == 404:
                 return None
             raise
+
+    def create_event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event about `body` (an UnlearningJob), as `kubectl describe` and `get events` show them."""
+        meta = body["metadata"]
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid", ""),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message,
+            "source": {"component": COMPONENT},
+            "reportingComponent": COMPONENT,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        self.core.create_namespaced_event(meta["namespace"], event, _request_timeout=self.timeout)
+
+    def list_unlearning_jobs(self, namespaces: list[str] | None) -> list[dict[str, Any]]:
+        """Every UnlearningJob in `namespaces` (None: in the whole cluster)."""
+        if namespaces is None:
+            responses = [
+                self.custom.list_cluster_custom_object(
+                    GROUP, VERSION, PLURAL, _preload_content=False, _request_timeout=self.timeout
+                )
+            ]
+        else:
+            responses = [
+                self.custom.list_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, _preload_content=False, _request_timeout=self.timeout
+                )
+                for namespace in namespaces
+            ]
+        return [item for response in responses for item in self._data(response).get("items", [])]
 
     def patch_status(
         self, namespace: str, name: str, status: dict[str, Any], *, resource_version: str | None = None

@@ -16,7 +16,9 @@ def run(*, namespaces: list[str], clusterwide: bool, liveness: str | None = None
     """Watch UnlearningJobs in `namespaces` (or all of them) until interrupted."""
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON)
     logging.getLogger("unlearning_operator").setLevel(logging.DEBUG if verbose else logging.INFO)
-    registry = build_registry(Settings.from_env(), Kubernetes.from_environment())
+    registry = build_registry(
+        Settings.from_env(), Kubernetes.from_environment(), namespaces=None if clusterwide else namespaces
+    )
     asyncio.run(
         kopf.operator(
             registry=registry,

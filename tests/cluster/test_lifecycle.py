@@ -134,10 +134,10 @@ def test_deleting_a_namespace_while_the_operator_is_stopped_does_not_hang(
     platform.scale(0)
     try:
         kubectl.run("delete", "namespace", "team-leaving", "--wait=false")
-        eventually(
-            lambda: admin.get("/api/v1/namespaces/team-leaving", missing_ok=True) is None,
-            timeout=120,
-            what="the namespace to go while no operator runs",
-        )
+        left = lambda: admin.get("/api/v1/namespaces/team-leaving", missing_ok=True)  # noqa: E731
+        try:
+            eventually(lambda: left() is None, timeout=120, what="the namespace to go while no operator runs")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {(left() or {}).get('status')}") from None
     finally:
         platform.scale(1)
