@@ -10,6 +10,7 @@ operator restart picks up where it left off without duplicating children.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 from collections import defaultdict
@@ -18,18 +19,20 @@ from datetime import datetime, timezone
 from typing import Any
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 
 from unlearning_operator import conditions, manifests
 from unlearning_operator.crd import GROUP, PLURAL, VERSION
 from unlearning_operator.k8s import Kubernetes, OwnershipError, StaleError
 from unlearning_operator.mlflow_runs import MlflowRuns
-from unlearning_operator.observe import INTERRUPTED, Observation, observe
+from unlearning_operator.observe import INTERRUPTED, Failure, Observation, observe
 from unlearning_operator.settings import Settings
 from unlearning_trainer.errors import SpecError
 from unlearning_trainer.spec import UnlearningJobSpec, parse_spec
 
 logger = logging.getLogger("unlearning_operator")
 TERMINAL = ("Succeeded", "Failed")
+RETRY_SECONDS = 30
 FINALIZER = "unlearning.dev/finalizer"
 """No handler needs a finalizer any more; naming the one older versions added lets kopf remove it."""
 
@@ -104,7 +107,33 @@ class Operator:
             return
         mlflow_status = status.get("mlflow") or self._create_run(body, owner, spec)
         attempt = int(status.get("restarts") or 0)
-        created = self._ensure_children(owner, spec, attempt, mlflow_status, status.get("startTime"))
+        try:
+            created = self._ensure_children(owner, spec, attempt, mlflow_status, status.get("startTime"))
+        except ChildRefused as exc:
+            patch.status.update(
+                self._status_update(
+                    body,
+                    {"Failed": (True, exc.reason, str(exc)), "Created": (False, exc.reason, str(exc))},
+                    failure={"reason": exc.reason, "message": str(exc)[:1024]},
+                    **({"mlflow": mlflow_status} if mlflow_status else {}),
+                )
+            )
+            self._event(body, "Warning", exc.reason, str(exc))
+            self._update_run(
+                spec, {"mlflow": mlflow_status}, "end", lambda mlflow, run_id: mlflow.end(run_id, "FAILED")
+            )
+            return
+        except Exception as exc:
+            message = f"could not create the trainer's objects, retrying in {RETRY_SECONDS} s: {_describe(exc)}"
+            patch.status.update(
+                self._status_update(
+                    body,
+                    {"Created": (False, "CreateRetrying", message)},
+                    **({"mlflow": mlflow_status} if mlflow_status else {}),
+                )
+            )
+            self._event(body, "Warning", "CreateRetrying", message)
+            raise kopf.TemporaryError(message, delay=RETRY_SECONDS) from exc
         fields: dict[str, Any] = {
             "jobName": manifests.job_name(owner, attempt),
             "serviceName": manifests.service_name(owner),
@@ -140,11 +169,12 @@ class Operator:
             "unlearning.dev/method": spec.method.name,
         }
         try:
-            run = mlflow.create(spec.tracking.experiment, f"{owner.namespace}/{owner.name}", tags)
+            run, created = mlflow.ensure(spec.tracking.experiment, f"{owner.namespace}/{owner.name}", tags)
         except Exception as exc:
             self._event(body, "Warning", "MLflowUnavailable", f"could not create the MLflow run: {exc}")
             return {}
-        self._event(body, "Normal", "MLflowRunCreated", f"MLflow run {run['runId']}")
+        if created:
+            self._event(body, "Normal", "MLflowRunCreated", f"MLflow run {run['runId']}")
         return run
 
     def _ensure_children(
@@ -174,7 +204,12 @@ class Operator:
             )
             _, created = self.kube.create_or_adopt(job)
         except OwnershipError as exc:
-            raise kopf.PermanentError(str(exc)) from exc
+            raise ChildRefused("NameClash", f"{exc}; rename the UnlearningJob or remove that object") from exc
+        except ApiException as exc:
+            refusal = _refusal(exc)
+            if refusal is None:
+                raise
+            raise ChildRefused(*refusal) from exc
         return created
 
     # ----- following the trainer Job --------------------------------------------------------------------------
@@ -205,9 +240,7 @@ class Operator:
             return
         job = self.kube.get_job(namespace, status["jobName"])
         if job is None:
-            owner = manifests.Owner.from_body(body)
-            attempt = int(status.get("restarts") or 0)
-            self._ensure_children(owner, spec, attempt, status.get("mlflow") or {}, status.get("startTime"))
+            self._recreate(body, spec, int(status.get("restarts") or 0))
             return
         if job["metadata"].get("deletionTimestamp"):
             return
@@ -223,6 +256,18 @@ class Operator:
             self._transition(
                 body, {"Running": (False, "Suspended", seen.message), "Suspended": (True, seen.reason, seen.message)}
             )
+
+    def _recreate(self, body: dict[str, Any], spec: UnlearningJobSpec, attempt: int) -> None:
+        """Create the children of `attempt` (a restart, or a Job that went missing); fail the job if refused."""
+        status = body.get("status") or {}
+        owner = manifests.Owner.from_body(body)
+        try:
+            self._ensure_children(owner, spec, attempt, status.get("mlflow") or {}, status.get("startTime"))
+        except ChildRefused as exc:
+            current = self.kube.get_unlearning_job(owner.namespace, owner.name)
+            if current is not None:
+                seen = Observation("Failed", exc.reason, str(exc), Failure(None, exc.reason, str(exc)), permanent=True)
+                self._finish(current, spec, seen, succeeded=False)
 
     def _transition(
         self, body: dict[str, Any], updates: dict[str, tuple[bool | None, str, str]], **fields: Any
@@ -271,7 +316,7 @@ class Operator:
             lastRestart={"attempt": attempt, "time": conditions.now(), **failure},
         )
         self.kube.delete_job(owner.namespace, status["jobName"])
-        self._ensure_children(owner, spec, attempt, status.get("mlflow") or {}, status.get("startTime"))
+        self._recreate(body, spec, attempt)
         self._event(body, "Warning", "Restarting", message)
         tags = {
             "unlearning.dev/restarts": str(attempt),
@@ -379,6 +424,36 @@ class Operator:
         self._update_run(spec, status, "end", lambda mlflow, run_id: mlflow.end(run_id, "KILLED"))
 
 
+class ChildRefused(Exception):
+    """The API server refused a child for good (forbidden, invalid, a name taken by someone else's object)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _api_message(exc: ApiException) -> str:
+    """The API server's own words (the Status message), not the client's HTTP dump."""
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
+    except (TypeError, ValueError):
+        return str(exc.reason)
+
+
+def _refusal(exc: ApiException) -> tuple[str, str] | None:
+    """(reason, message) when retrying cannot help; None for what may pass later (quota, 5xx, throttling)."""
+    message = _api_message(exc)
+    if exc.status == 403 and "exceeded quota" not in message:
+        return "Forbidden", f"the API server refused the operator: {message}"
+    if exc.status in (400, 422):
+        return "ChildInvalid", f"the API server refused a trainer object: {message}"
+    return None
+
+
+def _describe(exc: Exception) -> str:
+    return _api_message(exc) if isinstance(exc, ApiException) else f"{type(exc).__name__}: {exc}"
+
+
 def _progressed(seen: Observation, status: dict[str, Any]) -> bool:
     """Whether an interrupted attempt got further than the last restart: only then is its restart free, so a
     job that is evicted again and again without training (for example for its own memory use) still fails."""
@@ -449,6 +524,9 @@ def build_registry(
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
         settings.watching.server_timeout = 300
         settings.posting.level = logging.INFO
+        # Watching named namespaces needs no cluster-wide reads: without scanning, kopf neither lists
+        # namespaces nor watches CRDs, so the namespaced chart grants nothing outside its namespaces.
+        settings.scanning.disabled = namespaces is not None
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:

@@ -11,6 +11,7 @@ logger = logging.getLogger("unlearning_operator.mlflow")
 
 PROGRESS_METRIC = "progress/step"
 RESUMED_METRIC = "progress/resumedFrom"
+UID_TAG = "unlearning.dev/uid"
 
 
 @dataclass(frozen=True)
@@ -28,11 +29,19 @@ class MlflowRuns:
         self.tracking_uri = tracking_uri
         self.ui_url = (ui_url or tracking_uri).rstrip("/")
 
-    def create(self, experiment: str, run_name: str, tags: dict[str, str]) -> dict[str, str]:
+    def ensure(self, experiment: str, run_name: str, tags: dict[str, str]) -> tuple[dict[str, str], bool]:
+        """The job's run, found again by its `unlearning.dev/uid` tag or created: retries, conflicts and
+        operator restarts never leave a second run. Returns (run, whether it was created now)."""
         found = self.client.get_experiment_by_name(experiment)
         experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+        uid = tags[UID_TAG]
+        existing = self.client.search_runs([experiment_id], filter_string=f"tags.`{UID_TAG}` = '{uid}'", max_results=1)
+        if existing:
+            return self._describe(experiment_id, existing[0].info.run_id), False
         run = self.client.create_run(experiment_id, run_name=run_name, tags=tags)
-        run_id = run.info.run_id
+        return self._describe(experiment_id, run.info.run_id), True
+
+    def _describe(self, experiment_id: str, run_id: str) -> dict[str, str]:
         return {
             "experimentId": experiment_id,
             "runId": run_id,

@@ -98,15 +98,26 @@ def api_client(emulator: kmock.KubernetesEmulator) -> kubernetes.client.ApiClien
 
 
 @contextlib.asynccontextmanager
-async def running_operator(emulator: VersionedEmulator, settings: Settings | None = None) -> AsyncIterator[None]:
-    """Start the operator in this event loop (in the test body: kopf cancels tasks created after it)."""
+async def running_operator(
+    emulator: VersionedEmulator, settings: Settings | None = None, *, namespaces: list[str] | None = None
+) -> AsyncIterator[None]:
+    """Start the operator in this event loop (in the test body: kopf cancels tasks created after it), for
+    `namespaces` as the namespaced chart runs it, or cluster-wide."""
     settings = settings or Settings(progress_poll_seconds=0.5)
     kube = Kubernetes(api_client(emulator), timeout_seconds=5)
-    registry = build_registry(settings, kube, server=str(emulator.url).rstrip("/"))
+    registry = build_registry(settings, kube, namespaces=namespaces, server=str(emulator.url).rstrip("/"))
     ready = asyncio.Event()
-    task = asyncio.create_task(kopf.operator(registry=registry, standalone=True, clusterwide=True, ready_flag=ready))
+    task = asyncio.create_task(
+        kopf.operator(
+            registry=registry,
+            standalone=True,
+            clusterwide=namespaces is None,
+            namespaces=namespaces or [],
+            ready_flag=ready,
+        )
+    )
     await asyncio.wait_for(ready.wait(), timeout=20)
-    await _watching(emulator, ("unlearningjobs", "batch/v1/jobs"))
+    await _watching(emulator, ("/unlearningjobs?", "/jobs?"))
     try:
         yield
     finally:

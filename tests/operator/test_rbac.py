@@ -8,6 +8,7 @@ import json
 import pytest
 
 from tests.operator.harness import (
+    NAMESPACE,
     VersionedEmulator,
     eventually,
     job_document,
@@ -69,7 +70,7 @@ def granted(documents) -> set[tuple[str, str, str]]:
 
 
 async def test_chart_grants_exactly_what_the_operator_uses(cluster, kmock):
-    async with running_operator(kmock):
+    async with running_operator(kmock, namespaces=[NAMESPACE]):
         await cluster.apply(job_document("lifecycle", runPolicy={"backoffLimit": 1, "ttlSecondsAfterFinished": 60}))
         await eventually(lambda: cluster.job("lifecycle-r0"), what="Job")
         await cluster.set_job_status("lifecycle-r0", {"active": 1, "ready": 1})
