@@ -46,10 +46,11 @@ if [ "$missing" = 1 ]; then
 fi
 
 {
-  "$bin/etcd" --version | head -n 1
+  # sed, not head: head closing the pipe early would kill the writer with SIGPIPE and, under pipefail, the script.
+  "$bin/etcd" --version | sed -n 1p
   "$bin/kube-apiserver" --version
   "$bin/kube-controller-manager" --version
-  echo "kubectl $("$bin/kubectl" version --client -o json | sed -n 's/.*"gitVersion": "\([^"]*\)".*/\1/p' | head -n 1)"
+  echo "kubectl $("$bin/kubectl" version --client -o json | sed -n 's/.*"gitVersion": "\([^"]*\)".*/\1/p' | sed -n 1p)"
   echo "helm $("$bin/helm" version --short)"
 } >&2
 echo "$bin"

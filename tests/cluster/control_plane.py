@@ -32,6 +32,8 @@ from tests.servers import free_port
 
 HERE = Path(__file__).resolve().parent
 BUILD_SCRIPT = HERE / "build.sh"
+VERSION_LINES = 5
+"""build.sh ends its stderr with one version line per binary (etcd, apiserver, controller manager, kubectl, helm)."""
 AUDITED_NAMESPACE = "ml-platform"
 """Where the chart is installed: requests by its ServiceAccounts are audited."""
 DISABLED_CONTROLLERS = ("node-lifecycle-controller",)
@@ -50,7 +52,8 @@ def build() -> tuple[Path, str]:
     result = subprocess.run(["bash", str(BUILD_SCRIPT)], capture_output=True, text=True)
     if result.returncode != 0:
         raise BuildError(f"{BUILD_SCRIPT} failed:\n{result.stderr[-4000:]}")
-    return Path(result.stdout.strip().splitlines()[-1]), result.stderr.strip()
+    versions = result.stderr.strip().splitlines()[-VERSION_LINES:]
+    return Path(result.stdout.strip().splitlines()[-1]), "\n".join(versions)
 
 
 def binaries() -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.cluster.api import Api, ApiError, eventually
-from tests.cluster.conftest import create_namespace
+from tests.cluster.platform import create_namespace
 
 TRAINER_IMAGE = "ghcr.io/unlearning-dev/unlearning-trainer:0.1.0"
 

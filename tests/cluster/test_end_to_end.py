@@ -12,7 +12,6 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.cluster.api import eventually
-from tests.cluster.conftest import create_namespace, create_s3_secret
 from tests.cluster.jobs import (
     TRAINER_TIMEOUT,
     WORKERS,
@@ -23,6 +22,7 @@ from tests.cluster.jobs import (
     read_json,
     until_phase,
 )
+from tests.cluster.platform import create_namespace, create_s3_secret
 from tests.servers import SECRET_KEY
 
 NAMESPACE = "team-vision"

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from tests.cluster.api import eventually
-from tests.cluster.conftest import (
+from tests.cluster.jobs import job_document, status, until_phase
+from tests.cluster.platform import (
     OPERATOR_USER,
     RELEASE,
     Platform,
@@ -18,7 +19,6 @@ from tests.cluster.conftest import (
     platform_values,
     uninstall,
 )
-from tests.cluster.jobs import job_document, status, until_phase
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 
 from tests.cluster.api import eventually
-from tests.cluster.conftest import create_namespace, create_s3_secret
 from tests.cluster.jobs import (
     TRAINER_TIMEOUT,
     checkpoint_steps,
@@ -17,6 +16,7 @@ from tests.cluster.jobs import (
     status,
     until_phase,
 )
+from tests.cluster.platform import create_namespace, create_s3_secret
 
 NAMESPACE = "team-lifecycle"
 

@@ -11,8 +11,8 @@ import yaml
 
 from tests.bad_jobs import CASES, Case
 from tests.cluster.api import eventually
-from tests.cluster.conftest import create_namespace, create_s3_secret
 from tests.cluster.jobs import status
+from tests.cluster.platform import create_namespace, create_s3_secret
 from unlearning_trainer.cli import main as unlearn
 
 ROOT = Path(__file__).resolve().parents[2]
