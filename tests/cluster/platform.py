@@ -104,20 +104,23 @@ class Platform:
 
         def watching() -> bool:
             self.node.check()
-            pods = [p for p in self.operator_pods() if (p.get("status") or {}).get("phase") == "Running"]
-            if not pods:
-                return False
-            uid = pods[0]["metadata"]["uid"]
-            local = self.node.pods.get(uid)
-            if local is None or local.process is None or local.exit_code() is not None:
-                return False
-            return any(
-                e["verb"] == "watch" and e.get("objectRef", {}).get("resource") == "unlearningjobs"
-                for e in operator_requests(self.plane)
-                if e["requestReceivedTimestamp"] >= pods[0]["status"].get("startTime", "")
-            )
+            return any(self._watching(pod) for pod in self.operator_pods())
 
         eventually(watching, timeout=90, what=f"the operator pod to run and watch: {self.node.logs()[-3000:]}")
+
+    def _watching(self, pod: dict[str, Any]) -> bool:
+        """A live pod (not one of a previous release still going) whose process runs and has opened its watch."""
+        status = pod.get("status") or {}
+        if pod["metadata"].get("deletionTimestamp") or status.get("phase") != "Running":
+            return False
+        local = self.node.pods.get(pod["metadata"]["uid"])
+        if local is None or local.process is None or local.exit_code() is not None:
+            return False
+        return any(
+            e["verb"] == "watch" and e.get("objectRef", {}).get("resource") == "unlearningjobs"
+            for e in operator_requests(self.plane)
+            if e["requestReceivedTimestamp"] >= status.get("startTime", "")
+        )
 
     def scale(self, replicas: int) -> None:
         self.kubectl.run("scale", "deployment", RELEASE, "-n", AUDITED_NAMESPACE, f"--replicas={replicas}")

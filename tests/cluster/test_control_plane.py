@@ -43,7 +43,7 @@ def test_the_api_server_reports_the_release_it_was_built_from(admin: Api):
 
 def test_the_real_job_controller_runs_a_job_on_the_node_and_cleans_up_after_ttl(admin: Api, node):
     create_namespace(admin, "smoke", restricted=False)
-    job = _job("hello", ["unlearn", "--version"], ttlSecondsAfterFinished=1)
+    job = _job("hello", ["unlearn", "--version"], ttlSecondsAfterFinished=5)
     admin.request("POST", "/apis/batch/v1/namespaces/smoke/jobs", job)
     done = eventually(
         lambda: node.check() and _condition(admin.get("/apis/batch/v1/namespaces/smoke/jobs/hello"), "Complete"),
