@@ -157,4 +157,53 @@ CASES = [
     Case("suspend-yes-string", _set("spec.runPolicy.suspend", "yes"), "spec.runPolicy.suspend"),
     Case("backoff-negative", _set("spec.runPolicy.backoffLimit", -1), "spec.runPolicy.backoffLimit"),
     Case("deadline-0", _set("spec.runPolicy.activeDeadlineSeconds", 0), "spec.runPolicy.activeDeadlineSeconds"),
+    # --- resources and scheduling -------------------------------------------------------------------------
+    Case(
+        "gpus-and-memory",
+        _set("spec.resources", {"requests": {"cpu": "7500m"}, "limits": {"nvidia.com/gpu": 2, "memory": "64Gi"}}),
+        None,
+    ),
+    Case(
+        "gpu-pool",
+        _set(
+            "spec.scheduling",
+            {
+                "nodeSelector": {"cloud.example.com/pool": "gpu-h100"},
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                "affinity": {"nodeAffinity": {}},
+                "priorityClassName": "batch-low",
+            },
+        ),
+        None,
+    ),
+    Case("cpu-lots", _set("spec.resources", {"requests": {"cpu": "lots"}}), "spec.resources.requests"),
+    Case("memory-negative", _set("spec.resources", {"limits": {"memory": -1}}), "spec.resources.limits"),
+    Case("memory-fraction-number", _set("spec.resources", {"limits": {"memory": 1.5}}), "spec.resources.limits"),
+    Case(
+        "request-above-limit",
+        _set("spec.resources", {"requests": {"memory": "64Gi"}, "limits": {"memory": "16Gi"}}),
+        "spec.resources",
+    ),
+    Case("half-a-gpu", _set("spec.resources", {"limits": {"nvidia.com/gpu": "500m"}}), "spec.resources"),
+    Case("resource-name-with-space", _set("spec.resources", {"limits": {"nvidia gpu": 1}}), "spec.resources"),
+    Case(
+        "toleration-exists-with-value",
+        _set("spec.scheduling", {"tolerations": [{"key": "gpu", "operator": "Exists", "value": "yes"}]}),
+        "spec.scheduling.tolerations",
+    ),
+    Case(
+        "toleration-unknown-effect",
+        _set("spec.scheduling", {"tolerations": [{"key": "gpu", "effect": "Sometimes"}]}),
+        "spec.scheduling.tolerations",
+    ),
+    Case(
+        "priority-class-upper-case",
+        _set("spec.scheduling", {"priorityClassName": "High_Priority"}),
+        "spec.scheduling.priorityClassName",
+    ),
+    Case(
+        "node-selector-value-with-space",
+        _set("spec.scheduling", {"nodeSelector": {"pool": "gpu pool"}}),
+        "spec.scheduling.nodeSelector",
+    ),
 ]

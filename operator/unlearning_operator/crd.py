@@ -32,7 +32,7 @@ CRD_PATHS = (
 MUTABLE_RUN_POLICY = ("suspend",)
 """The only spec fields that may change after the job started."""
 
-DROPPED_KEYS = {"title", "additionalProperties", "$defs"}
+DROPPED_KEYS = {"title", "$defs"}
 
 
 def _convert(node: Any, definitions: dict[str, Any]) -> Any:
@@ -55,6 +55,9 @@ def _convert(node: Any, definitions: dict[str, Any]) -> Any:
     for key, value in node.items():
         if key in DROPPED_KEYS or (key == "default" and value is None):
             continue
+        if key == "additionalProperties" and isinstance(value, bool):
+            continue  # false is what a structural schema means anyway; true becomes preserve-unknown-fields
+
         if key == "exclusiveMinimum":
             result["minimum"], result["exclusiveMinimum"] = value, True
         elif key == "exclusiveMaximum":

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from unlearning_operator.settings import Settings
+from unlearning_trainer.placement import is_extended, quantity_value
 from unlearning_trainer.spec import UnlearningJobSpec
 
 JOB_LABEL = "unlearning.dev/job"
@@ -161,10 +162,58 @@ def trainer_command() -> list[str]:
     ]
 
 
+@dataclass(frozen=True)
+class PodResources:
+    requests: dict[str, str]
+    limits: dict[str, str]
+    gpus: int
+    """Whole GPUs per pod (the chart's `trainer.gpuResource`); 0 runs the trainer on CPUs."""
+
+
+def pod_resources(spec: UnlearningJobSpec, settings: Settings) -> PodResources:
+    """The chart's defaults, overridden per resource by spec.resources; a resource given in only one of requests
+    and limits is used for both, and a zero count of an extended resource (`nvidia.com/gpu: 0`) is dropped."""
+    defaults = {"cpu": settings.worker_cpu, "memory": settings.worker_memory}
+    if settings.gpus_per_worker > 0:
+        defaults[settings.gpu_resource] = str(settings.gpus_per_worker)
+    given_requests = {name: str(value) for name, value in spec.resources.requests.items()}
+    given_limits = {name: str(value) for name, value in spec.resources.limits.items()}
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    for name in {**defaults, **given_requests, **given_limits}:
+        requests[name] = given_requests.get(name, given_limits.get(name, defaults.get(name, "")))
+        limits[name] = given_limits.get(name, given_requests.get(name, defaults.get(name, "")))
+        if is_extended(name) and quantity_value(limits[name]) == 0:
+            del requests[name], limits[name]
+    gpus = int(quantity_value(limits.get(settings.gpu_resource, "0")))
+    return PodResources(requests, limits, gpus)
+
+
+def pod_scheduling(spec: UnlearningJobSpec, settings: Settings) -> dict[str, Any]:
+    """Pod-spec fields for placement: the chart's defaults merged with spec.scheduling (see SchedulingSpec)."""
+    wanted = spec.scheduling
+    fields: dict[str, Any] = {}
+    node_selector = settings.node_selector | wanted.node_selector
+    if node_selector:
+        fields["nodeSelector"] = node_selector
+    tolerations = [*settings.tolerations, *(t.as_kubernetes() for t in wanted.tolerations)]
+    if tolerations:
+        fields["tolerations"] = tolerations
+    affinity = wanted.affinity or settings.affinity
+    if affinity:
+        fields["affinity"] = affinity
+    priority_class = wanted.priority_class_name or settings.priority_class_name
+    if priority_class:
+        fields["priorityClassName"] = priority_class
+    if settings.image_pull_secrets:
+        fields["imagePullSecrets"] = [{"name": name} for name in settings.image_pull_secrets]
+    return fields
+
+
 def _env(
-    owner: Owner, spec: UnlearningJobSpec, settings: Settings, job: str, mlflow: dict[str, str] | None
+    owner: Owner, spec: UnlearningJobSpec, settings: Settings, job: str, mlflow: dict[str, str] | None, gpus: int
 ) -> list[dict[str, Any]]:
-    nproc = max(1, settings.gpus_per_worker)
+    nproc = max(1, gpus)
     env: list[dict[str, Any]] = [
         {"name": "PET_NNODES", "value": str(spec.workers)},
         {"name": "PET_NPROC_PER_NODE", "value": str(nproc)},
@@ -183,7 +232,7 @@ def _env(
         {"name": "UNLEARNING_CACHE_DIR", "value": "/cache/unlearning"},
         {"name": "UNLEARNING_TERMINATION_LOG", "value": "/dev/termination-log"},
     ]
-    if settings.gpus_per_worker == 0:
+    if gpus == 0:
         env.append({"name": "ACCELERATE_USE_CPU", "value": "true"})
     secret = spec.storage.credentials_secret
     if secret:
@@ -214,16 +263,14 @@ def build_job(
     job_labels = dict(pod_labels)
     if QUEUE_LABEL in owner.labels:
         job_labels[QUEUE_LABEL] = owner.labels[QUEUE_LABEL]
-    limits: dict[str, str] = {"cpu": settings.worker_cpu, "memory": settings.worker_memory}
-    if settings.gpus_per_worker > 0:
-        limits[settings.gpu_resource] = str(settings.gpus_per_worker)
+    resources = pod_resources(spec, settings)
     container = {
         "name": "trainer",
         "image": settings.trainer_image,
         "command": trainer_command(),
-        "env": _env(owner, spec, settings, name, mlflow_env),
+        "env": _env(owner, spec, settings, name, mlflow_env, resources.gpus),
         "ports": [{"name": "rendezvous", "containerPort": settings.rendezvous_port}],
-        "resources": {"requests": dict(limits), "limits": limits},
+        "resources": {"requests": resources.requests, "limits": resources.limits},
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {
             "allowPrivilegeEscalation": False,
@@ -269,6 +316,7 @@ def build_job(
                     "seccompProfile": {"type": "RuntimeDefault"},
                 },
                 "containers": [container],
+                **pod_scheduling(spec, settings),
                 "volumes": [
                     {"name": "spec", "configMap": {"name": configmap_name(owner)}},
                     {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": settings.shm_size}},

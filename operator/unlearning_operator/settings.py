@@ -1,14 +1,16 @@
 """Operator settings: the one place that holds the defaults the Helm chart, the CLI and the operator share.
 
-Every field can be set through an environment variable `UNLEARNING_<FIELD IN UPPER CASE>`; the chart's
-values.yaml sets them, and a test checks that its defaults equal the ones here.
+Every field can be set through an environment variable `UNLEARNING_<FIELD IN UPPER CASE>` (JSON for maps and
+lists); the chart's values.yaml sets them, and a test checks that its defaults equal the ones here.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,16 @@ class Settings:
     rendezvous_port: int = 29500
     progress_poll_seconds: float = 30.0
     """How often the operator reads progress from MLflow for running jobs."""
+    node_selector: dict[str, str] = field(default_factory=dict)
+    """Default nodeSelector of trainer pods; a job's spec.scheduling.nodeSelector adds to it per key."""
+    tolerations: list[dict[str, Any]] = field(default_factory=list)
+    """Default tolerations of trainer pods; a job's spec.scheduling.tolerations are added to them."""
+    affinity: dict[str, Any] = field(default_factory=dict)
+    """Default affinity of trainer pods; a job's spec.scheduling.affinity replaces it."""
+    priority_class_name: str = ""
+    """Default PriorityClass of trainer pods; a job's spec.scheduling.priorityClassName replaces it."""
+    image_pull_secrets: list[str] = field(default_factory=list)
+    """Secrets (in each job's namespace) for pulling the trainer image from a private registry."""
     extra_labels: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -48,5 +60,5 @@ class Settings:
             if raw is None or item.name == "extra_labels":
                 continue
             kind = type(getattr(cls(), item.name))
-            values[item.name] = kind(raw)
+            values[item.name] = json.loads(raw) if kind in (dict, list) else kind(raw)
         return cls(**values)

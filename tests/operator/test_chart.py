@@ -4,9 +4,10 @@ the values schema, keep its defaults equal to the operator's, and lock down ever
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import kubernetes_validate
 import pytest
@@ -15,6 +16,7 @@ import yaml
 from tests.cluster.control_plane import binaries
 from unlearning_operator.manifests import build_service_account
 from unlearning_operator.settings import Settings
+from unlearning_trainer import placement
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "unlearning-operator"
 NAMESPACED = ["--set", "clusterWide=false", "--set", "watchNamespaces={team-a,team-b}"]
@@ -69,8 +71,16 @@ def test_namespaced_mode_grants_roles_only_in_the_watched_namespaces():
 
 @pytest.mark.parametrize(
     "bad",
-    [["--set", "trainer.gpusPerWorker=-1"], ["--set", "replicas=3"], ["--set", "operator.image.pullPolicy=Sometimes"]],
-    ids=["negative-gpus", "unknown-key", "bad-enum"],
+    [
+        ["--set", "trainer.gpusPerWorker=-1"],
+        ["--set", "replicas=3"],
+        ["--set", "operator.image.pullPolicy=Sometimes"],
+        ["--set", "trainer.cpu=lots"],
+        ["--set", "trainer.memory=16GB"],
+        ["--set-json", 'trainer.tolerations=[{"key": "gpu", "effect": "Sometimes"}]'],
+        ["--set", "trainer.priorityClassName=High_Priority"],
+    ],
+    ids=["negative-gpus", "unknown-key", "bad-enum", "cpu-lots", "memory-GB", "toleration-effect", "priority-class"],
 )
 def test_values_schema_rejects_bad_values(bad):
     result = subprocess.run(
@@ -89,6 +99,12 @@ def test_chart_defaults_equal_the_operator_defaults():
     assert values["trainer"]["cpu"] == defaults.worker_cpu and values["trainer"]["memory"] == defaults.worker_memory
     assert values["trainer"]["shmSize"] == defaults.shm_size
     assert values["trainer"]["terminationGracePeriodSeconds"] == defaults.termination_grace_seconds
+    assert values["trainer"]["nodeSelector"] == defaults.node_selector
+    assert (
+        values["trainer"]["tolerations"] == defaults.tolerations and values["trainer"]["affinity"] == defaults.affinity
+    )
+    assert values["trainer"]["priorityClassName"] == defaults.priority_class_name
+    assert values["trainer"]["imagePullSecrets"] == defaults.image_pull_secrets
     assert (
         values["s3Endpoint"] == defaults.s3_endpoint and values["mlflow"]["trackingUri"] == defaults.mlflow_tracking_uri
     )
@@ -120,3 +136,32 @@ def test_operator_runs_one_locked_down_replica_and_trainers_get_no_token_nor_per
         for rule in d["rules"]
         if "secrets" in rule["resources"]
     )
+
+
+def test_values_schema_judges_quantities_by_the_spec_rules():
+    """One source of truth: the chart's schema uses the spec's own patterns for quantities and names."""
+    trainer = json.loads((CHART / "values.schema.json").read_text())["properties"]["trainer"]["properties"]
+    assert {trainer[key]["pattern"] for key in ("cpu", "memory", "shmSize")} == {placement.QUANTITY_PATTERN}
+    assert trainer["nodeSelector"]["additionalProperties"]["pattern"] == placement.LABEL_VALUE_PATTERN
+    assert trainer["priorityClassName"]["anyOf"][1]["pattern"] == placement.PRIORITY_CLASS_PATTERN
+    effects = trainer["tolerations"]["items"]["properties"]["effect"]["enum"]
+    assert effects == list(get_args(placement.TaintEffect))
+
+
+def test_trainer_scheduling_values_reach_the_operator():
+    values = [
+        "--set-json",
+        'trainer.tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]',
+        "--set-json",
+        'trainer.nodeSelector={"pool": "gpu"}',
+        "--set",
+        "trainer.priorityClassName=batch-low",
+        "--set-json",
+        'trainer.imagePullSecrets=["registry"]',
+    ]
+    deployment = next(d for d in render(*values) if d["kind"] == "Deployment")
+    env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    settings = Settings.from_env(env)
+    assert settings.tolerations == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert settings.node_selector == {"pool": "gpu"} and settings.priority_class_name == "batch-low"
+    assert settings.image_pull_secrets == ["registry"]

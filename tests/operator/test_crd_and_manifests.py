@@ -176,3 +176,118 @@ def test_field_reference_matches_the_spec_model():
     from unlearning_operator import reference
 
     assert reference.main(["--check"]) == 0, "run: python -m unlearning_operator.reference"
+
+
+def test_a_run_policy_field_added_after_the_start_is_refused():
+    rule = _rules()["root"][-1]["rule"]
+    started = _resolved_example() | {"status": {"startTime": "2026-12-01T00:00:00Z"}}
+    started["spec"]["runPolicy"] = {"backoffLimit": 3, "suspend": False}
+    assert (
+        crd.build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
+            "runPolicy"
+        ]["default"]
+        == {}
+    ), "the API server always fills runPolicy in, so the rule sees each of its fields"
+    deadline = copy.deepcopy(started)
+    deadline["spec"]["runPolicy"]["activeDeadlineSeconds"] = 60
+    suspend = copy.deepcopy(started)
+    suspend["spec"]["runPolicy"]["suspend"] = True
+    assert not _evaluate(rule, deadline, started)
+    assert _evaluate(rule, suspend, started)
+
+
+def _spec_with(**fields: Any):
+    document = yaml.safe_load(EXAMPLE.read_text())
+    document["spec"] |= fields
+    return parse_job(document).spec
+
+
+@pytest.mark.parametrize(
+    ("settings", "resources", "requests", "limits", "gpus"),
+    [
+        (Settings(), {}, {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "1"}, None, 1),
+        (
+            Settings(),
+            {"limits": {"nvidia.com/gpu": 4, "memory": "64Gi"}, "requests": {"cpu": "7500m"}},
+            {"cpu": "7500m", "memory": "64Gi", "nvidia.com/gpu": "4"},
+            {"cpu": "7500m", "memory": "64Gi", "nvidia.com/gpu": "4"},
+            4,
+        ),
+        (
+            Settings(),
+            {"requests": {"memory": "8Gi"}, "limits": {"memory": "12Gi"}},
+            {"cpu": "4", "memory": "8Gi", "nvidia.com/gpu": "1"},
+            {"cpu": "4", "memory": "12Gi", "nvidia.com/gpu": "1"},
+            1,
+        ),
+        (Settings(), {"limits": {"nvidia.com/gpu": 0}}, {"cpu": "4", "memory": "16Gi"}, None, 0),
+        (Settings(gpus_per_worker=0), {}, {"cpu": "4", "memory": "16Gi"}, None, 0),
+        (
+            Settings(gpus_per_worker=0, gpu_resource="amd.com/gpu"),
+            {"limits": {"amd.com/gpu": 2}},
+            {"cpu": "4", "memory": "16Gi", "amd.com/gpu": "2"},
+            None,
+            2,
+        ),
+    ],
+    ids=["chart-defaults", "gpus-and-cpu", "memory-range", "gpu-0-runs-on-cpu", "cpu-only-chart", "other-vendor"],
+)
+def test_pod_resources_override_the_chart_defaults_per_resource(settings, resources, requests, limits, gpus):
+    resolved = manifests.pod_resources(_spec_with(resources=resources), settings)
+    assert resolved.requests == requests
+    assert resolved.limits == (requests if limits is None else limits)
+    assert resolved.gpus == gpus
+    owner = manifests.Owner(name="gpu-job", namespace="ml", uid="u-1", labels={})
+    job = manifests.build_job(owner, _spec_with(resources=resources), settings, attempt=0)
+    env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["PET_NPROC_PER_NODE"] == str(max(1, gpus)), "torchrun starts one process per GPU"
+    assert ("ACCELERATE_USE_CPU" in env) == (gpus == 0)
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+
+
+def test_scheduling_merges_the_chart_defaults_with_the_spec():
+    chart = Settings(
+        node_selector={"pool": "gpu", "zone": "a"},
+        tolerations=[{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
+        affinity={"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}},
+        priority_class_name="batch-low",
+        image_pull_secrets=["registry"],
+    )
+    affinity = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [{"key": "gpu", "operator": "In", "values": ["h100"]}]}]
+            }
+        }
+    }
+    spec = _spec_with(
+        scheduling={
+            "nodeSelector": {"zone": "b"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "affinity": affinity,
+            "priorityClassName": "unlearning-urgent",
+        }
+    )
+    owner = manifests.Owner(name="gpu-job", namespace="ml", uid="u-1", labels={})
+    pod = manifests.build_job(owner, spec, chart, attempt=0)["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "gpu", "zone": "b"}
+    assert pod["tolerations"] == [
+        {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"},
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+    ]
+    assert pod["affinity"] == affinity and pod["priorityClassName"] == "unlearning-urgent"
+    assert pod["imagePullSecrets"] == [{"name": "registry"}]
+    plain = manifests.build_job(owner, _spec_with(), Settings(), attempt=0)["spec"]["template"]["spec"]
+    assert not {"nodeSelector", "tolerations", "affinity", "priorityClassName", "imagePullSecrets"} & set(plain)
+
+
+def test_settings_read_maps_and_lists_as_json():
+    settings = Settings.from_env(
+        {
+            "UNLEARNING_NODE_SELECTOR": '{"pool": "gpu"}',
+            "UNLEARNING_TOLERATIONS": '[{"key": "nvidia.com/gpu", "operator": "Exists"}]',
+            "UNLEARNING_IMAGE_PULL_SECRETS": '["registry"]',
+        }
+    )
+    assert settings.node_selector == {"pool": "gpu"} and settings.image_pull_secrets == ["registry"]
+    assert settings.tolerations == [{"key": "nvidia.com/gpu", "operator": "Exists"}]

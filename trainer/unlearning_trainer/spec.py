@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel
 
 from unlearning_trainer.errors import SpecError
+from unlearning_trainer.placement import ResourcesSpec, SchedulingSpec
 
 API_VERSION = "unlearning.dev/v1alpha1"
 KIND = "UnlearningJob"
@@ -301,7 +302,17 @@ class UnlearningJobSpec(_Model):
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     audit: AuditSpec = Field(default_factory=AuditSpec)
     workers: int = Field(default=1, ge=1, le=64, description="Trainer processes (pods on Kubernetes).")
-    run_policy: RunPolicySpec = Field(default_factory=RunPolicySpec)
+    resources: ResourcesSpec = Field(
+        default_factory=ResourcesSpec, description="Kubernetes only: CPU, memory and GPUs of each trainer pod."
+    )
+    scheduling: SchedulingSpec = Field(
+        default_factory=SchedulingSpec, description="Kubernetes only: which nodes the trainer pods may run on."
+    )
+    run_policy: RunPolicySpec = Field(
+        default_factory=RunPolicySpec,
+        # Always present once the API server has defaulted it, so the immutability rule sees every field of it.
+        json_schema_extra={"default": {}},
+    )
 
     @model_validator(mode="after")
     def _output_is_not_the_input(self) -> UnlearningJobSpec:
