@@ -154,6 +154,7 @@ def status_schema() -> dict[str, Any]:
                         "type": "integer",
                         "description": "Step the current attempt resumed from (0: a fresh start).",
                     },
+                    "message": {"type": "string", "description": "Why progress is not reported, when it is not."},
                 },
             },
             "outputModelUri": {"type": "string"},

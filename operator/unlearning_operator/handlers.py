@@ -140,7 +140,7 @@ class Operator:
             "restarts": attempt,
             "startTime": status.get("startTime") or conditions.now(),
             "outputModelUri": spec.output.uri,
-            "progress": status.get("progress") or {"step": 0, "totalSteps": spec.training.steps, "percent": 0},
+            "progress": status.get("progress") or self._initial_progress(spec, bool(mlflow_status)),
         }
         if mlflow_status:
             fields["mlflow"] = mlflow_status
@@ -157,6 +157,18 @@ class Operator:
         )
         if created:
             self._event(body, "Normal", "CreatedJob", f"created Job {fields['jobName']}")
+
+    def _initial_progress(self, spec: UnlearningJobSpec, tracked: bool) -> dict[str, Any]:
+        """Step 0 of N when an MLflow run will carry the trainer's steps; otherwise no percentage (a 0% that
+        never moves would mislead) but the reason, since trainer pods have no other way to report."""
+        total = spec.training.steps
+        if tracked:
+            return {"step": 0, "totalSteps": total, "percent": 0}
+        if self.mlflow_for(spec) is None:
+            why = "no MLflow server is configured (spec.tracking.mlflowTrackingUri, or the chart's mlflow.trackingUri)"
+        else:
+            why = "the MLflow run could not be created (see the MLflowUnavailable event)"
+        return {"totalSteps": total, "message": f"progress is not reported: {why}; trainers report steps to MLflow"}
 
     def _create_run(self, body: dict[str, Any], owner: manifests.Owner, spec: UnlearningJobSpec) -> dict[str, str]:
         mlflow = self.mlflow_for(spec)

@@ -54,6 +54,8 @@ STATUS = """
 | `serviceName` | the headless Service for the torchrun rendezvous |
 | `progress.step`, `.totalSteps`, `.percent` | training progress, read from the MLflow run |
 | | (trainer pods have no API access) |
+| `progress.message` | why progress is not reported, instead of a percentage: no MLflow server configured, or |
+| | the run could not be created |
 | `progress.resumedFrom` | the checkpoint step the current attempt started from (0: a fresh start); a `Resumed` |
 | | event marks each resume |
 | `outputModelUri` | where the unlearned pipeline is published |
