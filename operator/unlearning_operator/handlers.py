@@ -21,11 +21,11 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from unlearning_operator import conditions, manifests
+from unlearning_operator import conditions, manifests, policy
 from unlearning_operator.crd import GROUP, PLURAL, VERSION
 from unlearning_operator.k8s import Kubernetes, OwnershipError, StaleError
 from unlearning_operator.mlflow_runs import MlflowRuns
-from unlearning_operator.observe import INTERRUPTED, Failure, Observation, observe
+from unlearning_operator.observe import Failure, Observation, observe
 from unlearning_operator.settings import Settings
 from unlearning_trainer.errors import SpecError
 from unlearning_trainer.spec import UnlearningJobSpec, parse_spec
@@ -294,36 +294,18 @@ class Operator:
 
     def _handle_failure(self, body: dict[str, Any], spec: UnlearningJobSpec, seen: Observation) -> None:
         status = body.get("status") or {}
-        restarts = int(status.get("restarts") or 0)
-        preemptions = int(status.get("preemptions") or 0)
-        interrupted = not seen.permanent and seen.reason == INTERRUPTED and _progressed(seen, status)
-        failures = restarts - preemptions
-        if seen.permanent or (not interrupted and failures >= spec.run_policy.backoff_limit):
-            reason = seen.reason if seen.permanent else "BackoffLimitExceeded"
-            if not seen.permanent:
-                seen = Observation(
-                    "Failed",
-                    reason,
-                    f"{failures + 1} attempt(s) failed; last: {seen.message}",
-                    seen.failure,
-                )
-            self._finish(body, spec, seen, succeeded=False)
+        decision = policy.after_failure(seen, status, spec.run_policy.backoff_limit)
+        if isinstance(decision, policy.Fail):
+            self._finish(body, spec, decision.observation, succeeded=False)
             return
         owner = manifests.Owner.from_body(body)
-        attempt = restarts + 1
-        if interrupted:
-            message = (
-                f"attempt {attempt} was interrupted ({seen.message}); restarting all workers from the checkpoint, "
-                "not counted against runPolicy.backoffLimit"
-            )
-        else:
-            message = f"attempt {attempt} failed ({seen.reason}: {seen.message}); restarting all workers"
+        attempt, message = decision.attempt, decision.message
         failure = seen.failure.as_status() if seen.failure else {"reason": seen.reason, "message": seen.message}
         self._transition(
             body,
             {"Running": (False, "Restarting", message[:1024])},
             restarts=attempt,
-            preemptions=preemptions + int(interrupted),
+            preemptions=decision.preemptions,
             jobName=manifests.job_name(owner, attempt),
             lastRestart={"attempt": attempt, "time": conditions.now(), **failure},
         )
@@ -332,7 +314,7 @@ class Operator:
         self._event(body, "Warning", "Restarting", message)
         tags = {
             "unlearning.dev/restarts": str(attempt),
-            "unlearning.dev/preemptions": str(preemptions + int(interrupted)),
+            "unlearning.dev/preemptions": str(decision.preemptions),
             "unlearning.dev/last-restart-reason": seen.reason,
         }
         self._update_run(spec, status, "tag", lambda mlflow, run_id: mlflow.set_tags(run_id, tags))
@@ -464,14 +446,6 @@ def _refusal(exc: ApiException) -> tuple[str, str] | None:
 
 def _describe(exc: Exception) -> str:
     return _api_message(exc) if isinstance(exc, ApiException) else f"{type(exc).__name__}: {exc}"
-
-
-def _progressed(seen: Observation, status: dict[str, Any]) -> bool:
-    """Whether an interrupted attempt got further than the last restart: only then is its restart free, so a
-    job that is evicted again and again without training (for example for its own memory use) still fails."""
-    step = seen.failure.step if seen.failure else None
-    previous = (status.get("lastRestart") or {}).get("step")
-    return step is not None and (previous is None or step > previous)
 
 
 def _progress(step: int, total: int, resumed_from: int | None) -> dict[str, int]:
