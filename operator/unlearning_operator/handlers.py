@@ -264,10 +264,17 @@ class Operator:
             self._finish(body, spec, seen, succeeded=True)
         elif seen.state == "Running":
             self._transition(body, {"Running": (True, seen.reason, seen.message), "Suspended": (False, "Running", "")})
+        elif seen.state == "Suspended" and _kueue_managed(body) and not spec.run_policy.suspend:
+            queue = body["metadata"]["labels"][manifests.QUEUE_LABEL]
+            message = f"waiting for Kueue to admit the trainer Job (queue {queue})"
+            self._transition(body, {"Running": (False, "Queued", message), "Suspended": (False, "Queued", message)})
         elif seen.state == "Suspended":
             self._transition(
                 body, {"Running": (False, "Suspended", seen.message), "Suspended": (True, seen.reason, seen.message)}
             )
+        if _kueue_managed(body) and spec.run_policy.suspend and seen.state not in TERMINAL:
+            # Suspended before Kueue created the Workload (for instance at creation): deactivate it once it exists.
+            self._set_workload_active(namespace, status["jobName"], active=False)
 
     def _recreate(self, body: dict[str, Any], spec: UnlearningJobSpec, attempt: int) -> None:
         """Create the children of `attempt` (a restart, or a Job that went missing); fail the job if refused."""
@@ -365,19 +372,31 @@ class Operator:
     # ----- suspend, progress, delete ----------------------------------------------------------------------------
 
     def set_suspended(self, body: dict[str, Any], suspended: bool) -> None:
+        """Suspend or resume the trainer Job, or, where Kueue manages it, its Workload: Kueue owns
+        `Job.spec.suspend` for its jobs, and `Workload.spec.active` is how it is asked to stop or resume one."""
         status = body.get("status") or {}
         if status.get("phase") in TERMINAL or "jobName" not in status:
             return
         meta = body["metadata"]
-        self.kube.patch_job(meta["namespace"], status["jobName"], {"spec": {"suspend": suspended}})
+        if _kueue_managed(body):
+            self._set_workload_active(meta["namespace"], status["jobName"], active=not suspended)
+            how = "through Kueue (Workload spec.active)"
+        else:
+            self.kube.patch_job(meta["namespace"], status["jobName"], {"spec": {"suspend": suspended}})
+            how = "runPolicy.suspend"
         if suspended:
             updates = {
-                "Suspended": (True, "Suspended", "runPolicy.suspend is true"),
+                "Suspended": (True, "Suspended", f"suspended {how}"),
                 "Running": (False, "Suspended", ""),
             }
         else:
-            updates = {"Suspended": (False, "Resumed", "resumed from the last checkpoint")}
+            updates = {"Suspended": (False, "Resumed", f"resumed {how} from the last checkpoint")}
         self._transition(body, updates)
+
+    def _set_workload_active(self, namespace: str, job_name: str, *, active: bool) -> bool:
+        """False while Kueue has not created the Workload yet; the next sync tries again."""
+        job = self.kube.get_job(namespace, job_name)
+        return job is not None and self.kube.set_workload_active(namespace, job["metadata"]["uid"], active)
 
     def poll(self, body: dict[str, Any]) -> None:
         self.refresh_progress(body)
@@ -454,6 +473,10 @@ def _progress(step: int, total: int, resumed_from: int | None) -> dict[str, int]
     if resumed_from is not None:
         progress["resumedFrom"] = resumed_from
     return progress
+
+
+def _kueue_managed(body: dict[str, Any]) -> bool:
+    return manifests.QUEUE_LABEL in (body["metadata"].get("labels") or {})
 
 
 def _audit_uri(spec: UnlearningJobSpec) -> str:

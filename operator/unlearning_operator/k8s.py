@@ -17,6 +17,7 @@ from unlearning_operator.crd import GROUP, PLURAL, VERSION
 from unlearning_trainer.spec import KIND
 
 COMPONENT = "unlearning-operator"
+KUEUE_GROUP = "kueue.x-k8s.io"
 
 
 class OwnershipError(Exception):
@@ -32,6 +33,7 @@ class Kubernetes:
         self.core = kubernetes.client.CoreV1Api(api_client)
         self.batch = kubernetes.client.BatchV1Api(api_client)
         self.custom = kubernetes.client.CustomObjectsApi(api_client)
+        self.apis = kubernetes.client.ApisApi(api_client)
         self.timeout = (min(5.0, timeout_seconds), timeout_seconds)
         """(connect, read) timeout of every call: a handler never hangs on a dead connection."""
 
@@ -168,6 +170,44 @@ class Kubernetes:
                 for namespace in namespaces
             ]
         return [item for response in responses for item in self._data(response).get("items", [])]
+
+    def _kueue_version(self) -> str | None:
+        """The served version Kueue prefers for its API group, or None where Kueue is not installed. Asked each
+        time (discovery, granted to every user): Kueue may be installed or upgraded while the operator runs."""
+        for group in self.apis.get_api_versions(_request_timeout=self.timeout).groups:
+            if group.name == KUEUE_GROUP:
+                return group.preferred_version.version
+        return None
+
+    def set_workload_active(self, namespace: str, job_uid: str, active: bool) -> bool:
+        """Set `spec.active` of the Kueue Workload of a Job, Kueue's own way to stop and resume an admitted job
+        (Kueue then suspends or unsuspends the Job). False when no such Workload exists (yet)."""
+        version = self._kueue_version()
+        if version is None:
+            return False
+        workloads = self._data(
+            self.custom.list_namespaced_custom_object(
+                KUEUE_GROUP,
+                version,
+                namespace,
+                "workloads",
+                label_selector=f"{KUEUE_GROUP}/job-uid={job_uid}",
+                _preload_content=False,
+                _request_timeout=self.timeout,
+            )
+        ).get("items", [])
+        for workload in workloads:
+            if (workload.get("spec") or {}).get("active", True) != active:
+                self.custom.patch_namespaced_custom_object(
+                    KUEUE_GROUP,
+                    version,
+                    namespace,
+                    "workloads",
+                    workload["metadata"]["name"],
+                    {"spec": {"active": active}},
+                    _request_timeout=self.timeout,
+                )
+        return bool(workloads)
 
     def patch_status(
         self, namespace: str, name: str, status: dict[str, Any], *, resource_version: str | None = None

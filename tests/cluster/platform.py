@@ -139,11 +139,12 @@ def operator_requests(plane: ControlPlane) -> list[dict[str, Any]]:
     return [e for e in plane.audit_events() if e.get("user", {}).get("username") == OPERATOR_USER]
 
 
-def forbidden_requests(plane: ControlPlane, since: int = 0) -> list[str]:
-    """Every request by the operator's ServiceAccount that the authorizer refused, from the `since`-th on."""
+def forbidden_requests(plane: ControlPlane, since: int = 0, until: int | None = None) -> list[str]:
+    """Every request by the operator's ServiceAccount that the authorizer refused, from the `since`-th on
+    (and before the `until`-th)."""
     return [
         f"{e['verb']} {e['requestURI']}"
-        for e in operator_requests(plane)[since:]
+        for e in operator_requests(plane)[since:until]
         if e.get("responseStatus", {}).get("code") == 403
     ]
 

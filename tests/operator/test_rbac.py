@@ -18,9 +18,15 @@ from tests.operator.test_chart import NAMESPACED, render
 
 pytestmark = pytest.mark.kmock(cls=VersionedEmulator)
 
-GRANTED_BUT_UNUSED = {("unlearning.dev", "unlearningjobs/finalizers", "update")}
-"""Clusters that enforce OwnerReferencesPermissionEnforcement require it to set blockOwnerDeletion on children;
-the emulator does not check it, so the operator's code never calls it explicitly."""
+GRANTED_BUT_UNUSED = {
+    ("unlearning.dev", "unlearningjobs/finalizers", "update"),
+    ("kueue.x-k8s.io", "workloads", "list"),
+    ("kueue.x-k8s.io", "workloads", "patch"),
+}
+"""Clusters that enforce OwnerReferencesPermissionEnforcement require the finalizers grant to set
+blockOwnerDeletion on children; the emulator does not check it, so the operator's code never calls it
+explicitly. The Workload verbs serve Kueue-managed jobs only: tests/cluster/test_kueue.py uses them on the real
+API server."""
 
 
 def _verb(method: str, url) -> str:

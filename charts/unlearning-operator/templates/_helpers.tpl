@@ -46,4 +46,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+# Kueue: suspend and resume a queued job through its Workload (nothing happens where Kueue is not installed).
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads]
+  verbs: [list, patch]
 {{- end -}}
