@@ -32,7 +32,7 @@ from unlearning_trainer.spec import UnlearningJobSpec, parse_spec
 
 logger = logging.getLogger("unlearning_operator")
 TERMINAL = ("Succeeded", "Failed")
-RETRY_SECONDS = 30
+KUEUE_SUSPEND_PENDING = "Workload deactivated; waiting for Kueue to suspend the trainer Job"
 FINALIZER = "unlearning.dev/finalizer"
 """No handler needs a finalizer any more; naming the one older versions added lets kopf remove it."""
 
@@ -124,7 +124,8 @@ class Operator:
             )
             return
         except Exception as exc:
-            message = f"could not create the trainer's objects, retrying in {RETRY_SECONDS} s: {_describe(exc)}"
+            delay = self.settings.create_retry_seconds
+            message = f"could not create the trainer's objects, retrying in {delay:g} s: {_describe(exc)}"
             patch.status.update(
                 self._status_update(
                     body,
@@ -133,7 +134,7 @@ class Operator:
                 )
             )
             self._event(body, "Warning", "CreateRetrying", message)
-            raise kopf.TemporaryError(message, delay=RETRY_SECONDS) from exc
+            raise kopf.TemporaryError(message, delay=delay) from exc
         fields: dict[str, Any] = {
             "jobName": manifests.job_name(owner, attempt),
             "serviceName": manifests.service_name(owner),
@@ -263,7 +264,10 @@ class Operator:
         elif seen.state == "Succeeded":
             self._finish(body, spec, seen, succeeded=True)
         elif seen.state == "Running":
-            self._transition(body, {"Running": (True, seen.reason, seen.message), "Suspended": (False, "Running", "")})
+            suspended = (False, "Running", "")
+            if _kueue_managed(body) and spec.run_policy.suspend:
+                suspended = (False, "SuspendRequested", KUEUE_SUSPEND_PENDING)
+            self._transition(body, {"Running": (True, seen.reason, seen.message), "Suspended": suspended})
         elif seen.state == "Suspended" and _kueue_managed(body) and not spec.run_policy.suspend:
             queue = body["metadata"]["labels"][manifests.QUEUE_LABEL]
             message = f"waiting for Kueue to admit the trainer Job (queue {queue})"
@@ -380,17 +384,19 @@ class Operator:
         meta = body["metadata"]
         if _kueue_managed(body):
             self._set_workload_active(meta["namespace"], status["jobName"], active=not suspended)
-            how = "through Kueue (Workload spec.active)"
+            if suspended:
+                updates = {"Suspended": (False, "SuspendRequested", KUEUE_SUSPEND_PENDING)}
+            else:
+                updates = {"Suspended": (False, "Resumed", "Workload reactivated: Kueue admits it again")}
         else:
             self.kube.patch_job(meta["namespace"], status["jobName"], {"spec": {"suspend": suspended}})
-            how = "runPolicy.suspend"
-        if suspended:
-            updates = {
-                "Suspended": (True, "Suspended", f"suspended {how}"),
-                "Running": (False, "Suspended", ""),
-            }
-        else:
-            updates = {"Suspended": (False, "Resumed", f"resumed {how} from the last checkpoint")}
+            if suspended:
+                updates = {
+                    "Suspended": (True, "Suspended", "runPolicy.suspend is true"),
+                    "Running": (False, "Suspended", ""),
+                }
+            else:
+                updates = {"Suspended": (False, "Resumed", "resumed from the last checkpoint")}
         self._transition(body, updates)
 
     def _set_workload_active(self, namespace: str, job_name: str, *, active: bool) -> bool:

@@ -39,6 +39,9 @@ class Settings:
     rendezvous_port: int = 29500
     progress_poll_seconds: float = 30.0
     """How often the operator reads progress from MLflow for running jobs."""
+    create_retry_seconds: float = 30.0
+    """How long a job waits to retry creating its trainer objects after a refusal that may pass (an exceeded
+    ResourceQuota, an API server error)."""
     node_selector: dict[str, str] = field(default_factory=dict)
     """Default nodeSelector of trainer pods; a job's spec.scheduling.nodeSelector adds to it per key."""
     tolerations: list[dict[str, Any]] = field(default_factory=list)

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "unlearning-operator"
 RELEASE = "unlearning"
 OPERATOR_USER = f"system:serviceaccount:{AUDITED_NAMESPACE}:{RELEASE}"
+OPERATOR_SELECTOR = f"app.kubernetes.io/name=unlearning-operator,app.kubernetes.io/instance={RELEASE}"
 
 
 @dataclass
@@ -96,8 +97,7 @@ class Platform:
     values: list[str]
 
     def operator_pods(self) -> list[dict[str, Any]]:
-        selector = f"app.kubernetes.io/name=unlearning-operator,app.kubernetes.io/instance={RELEASE}"
-        return self.admin.items(f"/api/v1/namespaces/{AUDITED_NAMESPACE}/pods?labelSelector={selector}")
+        return self.admin.items(f"/api/v1/namespaces/{AUDITED_NAMESPACE}/pods?labelSelector={OPERATOR_SELECTOR}")
 
     def wait_for_operator(self) -> None:
         """Until the operator pod runs on the node and kopf has opened its watches (seen in the audit log)."""
@@ -106,7 +106,14 @@ class Platform:
             self.node.check()
             return any(self._watching(pod) for pod in self.operator_pods())
 
-        eventually(watching, timeout=90, what=f"the operator pod to run and watch: {self.node.logs()[-3000:]}")
+        try:
+            eventually(watching, timeout=90, what="the operator pod to run and watch")
+        except AssertionError as exc:
+            pods = [
+                (p["metadata"]["name"], (p.get("status") or {}).get("phase"), p["metadata"].get("deletionTimestamp"))
+                for p in self.operator_pods()
+            ]
+            raise AssertionError(f"{exc}; operator pods {pods}; log:\n{self.operator_log()[-4000:]}") from None
 
     def _watching(self, pod: dict[str, Any]) -> bool:
         """A live pod (not one of a previous release still going) whose process runs and has opened its watch."""
@@ -119,7 +126,8 @@ class Platform:
         return any(
             e["verb"] == "watch" and e.get("objectRef", {}).get("resource") == "unlearningjobs"
             for e in operator_requests(self.plane)
-            if e["requestReceivedTimestamp"] >= status.get("startTime", "")
+            # To the second: "…:24.93Z" sorts before "…:24Z" as text, though it is later.
+            if e["requestReceivedTimestamp"][:19] >= status.get("startTime", "")[:19]
         )
 
     def scale(self, replicas: int) -> None:
@@ -140,12 +148,12 @@ def operator_requests(plane: ControlPlane) -> list[dict[str, Any]]:
 
 
 def forbidden_requests(plane: ControlPlane, since: int = 0, until: int | None = None) -> list[str]:
-    """Every request by the operator's ServiceAccount that the authorizer refused, from the `since`-th on
-    (and before the `until`-th)."""
+    """Every request by the operator's ServiceAccount that the RBAC authorizer refused, from the `since`-th on
+    (and before the `until`-th). Admission refusals such as an exceeded quota are 403s too, but authorized."""
     return [
         f"{e['verb']} {e['requestURI']}"
         for e in operator_requests(plane)[since:until]
-        if e.get("responseStatus", {}).get("code") == 403
+        if (e.get("annotations") or {}).get("authorization.k8s.io/decision") == "forbid"
     ]
 
 
@@ -154,12 +162,17 @@ def install(kubectl: Kubectl, *values: str) -> None:
 
 
 def uninstall(kubectl: Kubectl) -> None:
+    """helm uninstall, then wait for the operator pod to be gone: helm waits for the Deployment only, and a pod
+    still stopping would make calls, under the same ServiceAccount name, during the next install."""
     kubectl.helm("uninstall", RELEASE, "--namespace", AUDITED_NAMESPACE, "--wait", check=False)
+    kubectl.run(
+        "wait", "--for=delete", "pod", "-l", OPERATOR_SELECTOR, "-n", AUDITED_NAMESPACE, "--timeout=90s", check=False
+    )
 
 
 def platform_values(s3_server, mlflow_server, **extra_env: str) -> list[str]:
     """The values a platform team would set for this cluster: its S3 and MLflow, CPU-only trainer pods."""
-    env = {"UNLEARNING_PROGRESS_POLL_SECONDS": "1", **extra_env}
+    env = {"UNLEARNING_PROGRESS_POLL_SECONDS": "1", "UNLEARNING_CREATE_RETRY_SECONDS": "2", **extra_env}
     extra = [{"name": name, "value": value} for name, value in env.items()]
     return [
         "--set",

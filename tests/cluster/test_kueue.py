@@ -57,6 +57,10 @@ def _workload_active(admin, name: str) -> bool:
     return admin.get(f"{WORKLOADS}/{name}")["spec"]["active"]
 
 
+def _condition(admin, type_: str) -> dict:
+    return {c["type"]: c for c in status(admin, NAMESPACE, "queued").get("conditions", [])}.get(type_) or {}
+
+
 def _patch_suspend(kubectl, suspend: bool) -> None:
     patch = '{"spec": {"runPolicy": {"suspend": %s}}}' % ("true" if suspend else "false")
     kubectl.run("patch", "uj", "queued", "-n", NAMESPACE, "--type", "merge", "-p", patch)
@@ -83,22 +87,20 @@ def test_a_queued_job_is_suspended_and_resumed_through_its_workload(
 
     _patch_suspend(kubectl, True)
     eventually(lambda: not _workload_active(admin, "job-queued-r0"), what="the Workload to be deactivated")
-    suspended = until_phase(admin, node, NAMESPACE, "queued", "Suspended")
-    assert "through Kueue" in {c["type"]: c for c in suspended["conditions"]}["Suspended"]["message"]
+    requested = eventually(
+        lambda: _condition(admin, "Suspended")["reason"] == "SuspendRequested", what="the suspension to be pending"
+    )
+    assert requested and status(admin, NAMESPACE, "queued")["phase"] == "Running", "the pods run until Kueue acts"
     time.sleep(2)
     assert _job(admin, "queued-r0")["spec"]["suspend"] is False, "the operator leaves Job.spec.suspend to Kueue"
 
     admin.merge_patch(f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/queued-r0", {"spec": {"suspend": True}})
+    until_phase(admin, node, NAMESPACE, "queued", "Suspended")
     _patch_suspend(kubectl, False)
     eventually(lambda: _workload_active(admin, "job-queued-r0"), what="the Workload to be active again")
 
-    def waiting_for_kueue() -> dict | None:
-        current = status(admin, NAMESPACE, "queued")
-        running = {c["type"]: c for c in current.get("conditions", [])}["Running"]
-        return current if running["reason"] == "Queued" else None
-
-    queued = eventually(waiting_for_kueue, what="the job to wait for Kueue's admission")
-    assert queued["phase"] == "Pending"
-    assert "waiting for Kueue to admit" in {c["type"]: c for c in queued["conditions"]}["Running"]["message"]
+    eventually(lambda: _condition(admin, "Running").get("reason") == "Queued", what="the job to wait for Kueue")
+    assert status(admin, NAMESPACE, "queued")["phase"] == "Pending"
+    assert "waiting for Kueue to admit" in _condition(admin, "Running")["message"]
     assert _job(admin, "queued-r0")["spec"]["suspend"] is True, "unsuspending is Kueue's act, on admission"
     kubectl.run("delete", "uj", "queued", "-n", NAMESPACE, "--wait=true", "--timeout=60s")

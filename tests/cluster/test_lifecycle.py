@@ -10,13 +10,14 @@ from tests.cluster.api import eventually
 from tests.cluster.jobs import (
     TRAINER_TIMEOUT,
     checkpoint_steps,
+    events,
     get,
     job_document,
     mlflow_runs_of,
     status,
     until_phase,
 )
-from tests.cluster.platform import create_namespace, create_s3_secret
+from tests.cluster.platform import OPERATOR_SELECTOR, create_namespace, create_s3_secret
 
 NAMESPACE = "team-lifecycle"
 
@@ -106,13 +107,45 @@ def test_an_operator_restart_mid_job_duplicates_nothing(
 ):
     kubectl.apply(job_document("steady", NAMESPACE, s3_scenario, steps=200, checkpoint_every=20))
     until_phase(admin, node, NAMESPACE, "steady", "Running")
-    selector = "app.kubernetes.io/name=unlearning-operator"
-    kubectl.run("delete", "pod", "-n", "ml-platform", "-l", selector, "--wait=true", "--timeout=60s")
+    kubectl.run("delete", "pod", "-n", "ml-platform", "-l", OPERATOR_SELECTOR, "--wait=true", "--timeout=60s")
     platform.wait_for_operator()
     until_phase(admin, node, NAMESPACE, "steady", "Succeeded")
     assert _jobs(admin, "steady") == ["steady-r0"], "the restarted operator must not create a second Job"
     runs = mlflow_runs_of(mlflow_server, _uid(admin, "steady"))
     assert len(runs) == 1, "one MLflow run per UnlearningJob, ever"
+
+
+def test_retries_and_an_operator_restart_while_creating_leave_one_mlflow_run(
+    platform, admin, kubectl, node, s3_server, s3_scenario, mlflow_server
+):
+    """A ResourceQuota that allows no Jobs makes the API server refuse the trainer Job with a refusal that may
+    pass: the operator retries (CreateRetrying), is restarted meanwhile, and once the quota is lifted the job
+    runs. However often creation was tried, there is one MLflow run."""
+    create_namespace(admin, "team-quota")
+    create_s3_secret(admin, "team-quota")
+    quota = {"metadata": {"name": "no-jobs"}, "spec": {"hard": {"count/jobs.batch": "0"}}}
+    admin.request("POST", "/api/v1/namespaces/team-quota/resourcequotas", quota)
+    eventually(
+        lambda: "hard" in (admin.get("/api/v1/namespaces/team-quota/resourcequotas/no-jobs").get("status") or {}),
+        what="the quota controller to account the quota",
+    )
+    kubectl.apply(job_document("quota-bound", "team-quota", s3_scenario, steps=2, checkpoint_every=2, workers=1))
+
+    def retrying(times: int) -> list[dict] | None:
+        found = [e for e in events(admin, "team-quota", "CreateRetrying") if "exceeded quota" in e["message"]]
+        return found if sum(e.get("count", 1) for e in found) >= times else None
+
+    eventually(lambda: retrying(2), timeout=60, what="two retries refused by the quota")
+    created = status(admin, "team-quota", "quota-bound")
+    assert {c["type"]: c for c in created["conditions"]}["Created"]["reason"] == "CreateRetrying"
+    kubectl.run("delete", "pod", "-n", "ml-platform", "-l", OPERATOR_SELECTOR, "--wait=true", "--timeout=60s")
+    platform.wait_for_operator()
+    eventually(lambda: retrying(3), timeout=60, what="the restarted operator to retry as well")
+
+    admin.delete("/api/v1/namespaces/team-quota/resourcequotas/no-jobs")
+    done = until_phase(admin, node, "team-quota", "quota-bound", "Succeeded")
+    runs = mlflow_runs_of(mlflow_server, get(admin, "team-quota", "quota-bound")["metadata"]["uid"])
+    assert len(runs) == 1 and runs[0].info.run_id == done["mlflow"]["runId"], "one MLflow run per job, ever"
 
 
 def test_the_trainer_job_is_removed_after_its_ttl(platform, admin, kubectl, node, user_namespace, s3_scenario):
