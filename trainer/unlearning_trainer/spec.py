@@ -6,15 +6,14 @@ This module must stay importable without torch (the operator image has none).
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from unlearning_trainer.errors import SpecError
+from unlearning_trainer.job_file import excerpt, read_document
 from unlearning_trainer.placement import ResourcesSpec, SchedulingSpec
 
 API_VERSION = "unlearning.dev/v1alpha1"
@@ -392,7 +391,7 @@ def _describe(error: dict[str, Any]) -> str:
         message = f"{path}: {message}"
     fix = _FIXES.get(error["type"])
     if fix:
-        message += f" (got {error['input']!r}). Fix: {fix}." if error["type"] != "missing" else f". Fix: {fix}."
+        message += f" (got {excerpt(error['input'])}). Fix: {fix}." if error["type"] != "missing" else f". Fix: {fix}."
     return message
 
 
@@ -416,28 +415,9 @@ def parse_spec(spec: Any, *, source: str = "spec") -> UnlearningJobSpec:
     return parse_job({"metadata": {"name": "job"}, "spec": spec}, source=source).spec
 
 
-class JobLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, with floats as kubectl reads them: `5e-5` is a number, not the string PyYAML 1.1
-    rules make of it, so `unlearn validate` and the API server see the same document."""
-
-
-JobLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$|^[-+]?\.(inf|Inf|INF)$|^\.(nan|NaN|NAN)$"),
-    list("-+0123456789."),
-)
-
-
 def load_job(path: str | Path) -> UnlearningJob:
     """Read and validate a job file."""
-    path = Path(path)
-    try:
-        document = yaml.load(path.read_text(), Loader=JobLoader)
-    except FileNotFoundError:
-        raise SpecError(f"{path}: no such file") from None
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML: {exc}") from None
-    return parse_job(document, source=str(path))
+    return parse_job(read_document(Path(path)), source=str(path))
 
 
 def dump_job(job: UnlearningJob) -> dict[str, Any]:
