@@ -27,6 +27,7 @@ from unlearning_operator.k8s import Kubernetes, OwnershipError, StaleError
 from unlearning_operator.mlflow_runs import MlflowRuns
 from unlearning_operator.observe import Failure, Observation, observe
 from unlearning_operator.settings import Settings
+from unlearning_trainer.advice import spec_warnings
 from unlearning_trainer.errors import SpecError
 from unlearning_trainer.spec import UnlearningJobSpec, parse_spec
 
@@ -105,6 +106,9 @@ class Operator:
             )
             self._event(body, "Warning", "InvalidSpec", message)
             return
+        if not status:  # the first start only, not a retry or a resume
+            for warning in spec_warnings(spec):
+                self._event(body, "Warning", "SpecWarning", warning)
         mlflow_status = status.get("mlflow") or self._create_run(body, owner, spec)
         attempt = int(status.get("restarts") or 0)
         try:

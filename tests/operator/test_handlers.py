@@ -258,3 +258,11 @@ async def test_mlflow_run_progress_and_end_are_tracked(cluster, kmock, mlflow_se
         await eventually(lambda: cluster.status("tracked").get("phase") == "Succeeded", what="Succeeded")
     assert client.get_run(run["runId"]).info.status == "FINISHED"
     assert client.get_run(run["runId"]).data.tags["unlearning.dev/job"] == "tracked"
+
+
+async def test_a_degenerate_lambda_is_posted_as_a_warning_event(cluster, kmock):
+    async with running_operator(kmock):
+        await cluster.apply(job_document("lambda-one", method={"name": "siss", "lambda": 1.0}))
+        await _created(cluster, "lambda-one")
+        warned = await eventually(lambda: cluster.events("SpecWarning"), what="a SpecWarning event")
+    assert warned[0]["type"] == "Warning" and "degenerates to NegGrad" in warned[0]["message"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from unlearning_trainer.errors import SpecError
 from unlearning_trainer.spec import dump_job, load_job, parse_job
@@ -124,3 +125,29 @@ def test_spec_module_does_not_import_torch():
 
     code = "import sys, unlearning_trainer.spec; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(
+    ("method", "warned"),
+    [
+        ({"name": "siss", "lambda": 0.0}, "lambda is 0"),
+        ({"name": "siss", "lambda": 1.0}, "degenerates to NegGrad"),
+        ({"name": "siss", "lambda": 0.5}, None),
+        ({"name": "siss-no-is", "lambda": 0.0}, None),
+    ],
+    ids=["siss-lambda-0", "siss-lambda-1", "siss-default", "no-is-ignores-lambda"],
+)
+def test_degenerate_lambda_is_allowed_but_warned(method, warned, job_document, tmp_path, capsys):
+    from unlearning_trainer.advice import spec_warnings
+    from unlearning_trainer.cli import main
+
+    job_document["spec"]["method"] = method
+    warnings = spec_warnings(parse_job(job_document).spec)
+    assert (warnings == []) == (warned is None)
+    if warned is not None:
+        assert warned in warnings[0] and "0.5 is the recommended value" in warnings[0]
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job_document))
+    assert main(["validate", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert ("warning: " in err) == (warned is not None)

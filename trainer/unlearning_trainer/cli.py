@@ -8,15 +8,22 @@ import sys
 from pathlib import Path
 
 from unlearning_trainer import __version__, logs, termination
+from unlearning_trainer.advice import spec_warnings
 from unlearning_trainer.errors import SpecError, UnlearningError
-from unlearning_trainer.spec import METHODS, dump_job, load_job
+from unlearning_trainer.spec import METHODS, UnlearningJob, dump_job, load_job
 
 INTERRUPTED_EXIT_CODE = 143
 """128 + SIGTERM: a preempted trainer must not look like a finished one to the Job controller."""
 
 
+def _warn(job: UnlearningJob) -> None:
+    for warning in spec_warnings(job.spec):
+        sys.stderr.write(f"warning: {warning}\n")
+
+
 def _validate(args: argparse.Namespace) -> int:
     job = load_job(args.job)
+    _warn(job)
     if args.print_resolved:
         json.dump(dump_job(job), sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -33,6 +40,7 @@ def _run(args: argparse.Namespace) -> int:
     from unlearning_trainer.runner import resolve_local_uris, run_job
 
     job = resolve_local_uris(load_job(args.job), Path(args.job).resolve().parent)
+    _warn(job)
     try:
         result = run_job(job, show_progress=not args.no_progress)
     except UnlearningError as exc:

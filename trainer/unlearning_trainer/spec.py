@@ -6,6 +6,7 @@ This module must stay importable without torch (the operator image has none).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -53,12 +54,29 @@ class _Model(BaseModel):
 MAX_URI = 2048
 
 
+URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|file://.+|[/.~].*|[^:]+)$"
+"""s3://bucket[/prefix] with a valid bucket name (3-63 lower-case letters, digits, '.' and '-'), a file:// URI,
+or a local path; no other scheme (a typo such as `s3:/bucket` or `gs://` is caught here, not as a retry later)."""
+BAD_URI = (
+    "is not a URI the trainer can read. Fix: use s3://bucket/prefix (bucket names are 3-63 lower-case letters, "
+    "digits, '.' and '-'), a file:// URI or a local path"
+)
+
+
 class Location(_Model):
     uri: str = Field(
         min_length=1,
         max_length=MAX_URI,
         description="Where the data lives: an s3:// URI, a file:// URI or a local path.",
+        json_schema_extra={"pattern": URI_PATTERN},
     )
+
+    @field_validator("uri")
+    @classmethod
+    def _readable(cls, uri: str) -> str:
+        if uri and not re.match(URI_PATTERN, uri):
+            raise ValueError(f"{excerpt(uri)} {BAD_URI}")
+        return uri
 
 
 class ModelSource(Location):
