@@ -79,7 +79,7 @@ def test_a_permission_the_chart_lacks_is_refused_by_the_authorizer_and_reported_
         job_document(
             "denied",
             "team-d",
-            {k: f"s3://x/{k}" for k in ("model", "forget", "retain", "output")},
+            {k: f"s3://denied/{k}" for k in ("model", "forget", "retain", "output")},
             steps=2,
             checkpoint_every=2,
         )
