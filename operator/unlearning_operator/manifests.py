@@ -21,8 +21,9 @@ QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 SPEC_MOUNT = "/etc/unlearning"
 SPEC_FILE = "job.yaml"
-PERMANENT_EXIT_CODES = [2, 3, 4]
-"""Trainer exit codes for an invalid job, missing data and denied storage access: retrying cannot help."""
+PERMANENT_EXIT_CODES = [2, 3, 4, 5]
+"""Trainer exit codes for an invalid job, missing data, denied storage access and a NaN or inf update:
+retrying cannot help."""
 RUN_UID = 1000
 MANAGER = "unlearning-operator"
 

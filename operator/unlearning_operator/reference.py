@@ -66,8 +66,9 @@ STATUS = """
 | `lastRestart.attempt`, `.time`, `.step`, `.exitCode`, `.reason`, `.message` | the failed attempt behind the latest |
 | | whole-group restart (the job may still succeed) |
 
-Trainer exit codes: 0 success; 2 invalid job, 3 model or data not found, 4 storage access denied (permanent,
-never retried); anything else is retried up to `runPolicy.backoffLimit` times by restarting all workers.
+Trainer exit codes: 0 success; 2 invalid job, 3 model or data not found, 4 storage access denied, 5 a NaN or inf
+update (permanent, never retried; the last checkpoint is kept and nothing is published); anything else is
+retried up to `runPolicy.backoffLimit` times by restarting all workers.
 """
 
 

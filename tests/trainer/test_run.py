@@ -148,3 +148,28 @@ def test_termination_message_for_the_operator(workspace, job_document, tmp_path)
     assert failed.returncode == 3
     summary = json.loads(message.read_text())
     assert summary["reason"] == "DataError" and "spec.data.forget.uri" in summary["message"]
+
+
+def test_a_nan_update_stops_the_job_with_the_last_checkpoint_kept_and_nothing_published(
+    workspace, job_document, tmp_path
+):
+    """A learning rate of 1e30 makes the second step's update inf or NaN: the trainer stops with exit code 5
+    (which the operator never retries), before applying it, keeping the step-1 checkpoint."""
+    job_document["spec"]["training"] |= {"steps": 4, "learningRate": 1e30, "checkpointEvery": 1}
+    message = tmp_path / "termination-log"
+    job = write_job(workspace, job_document)
+    env = {**os.environ, "UNLEARNING_TERMINATION_LOG": str(message)}
+    result = subprocess.run(
+        [sys.executable, "-m", "unlearning_trainer.cli", "run", str(job), "--no-progress"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 5, result.stderr[-3000:]
+    summary = json.loads(message.read_text())
+    assert summary["reason"] == "NonFinite" and "NaN or inf" in summary["message"]
+    out = workspace / "out"
+    checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert checkpoints and all(p.startswith("step-") for p in checkpoints)
+    assert not (out / "model_index.json").exists(), "a model that went NaN is never published"

@@ -1,6 +1,7 @@
 """Errors the trainer reports to people, each with the process exit code the operator understands.
 
-Exit codes: 2 invalid job, 3 model or data not found or unusable, 4 storage access denied, 1 other errors.
+Exit codes: 2 invalid job, 3 model or data not found or unusable, 4 storage access denied, 5 a NaN or inf
+update, 1 other errors.
 """
 
 from __future__ import annotations
@@ -32,3 +33,10 @@ class AccessDeniedError(UnlearningError):
 
     exit_code = 4
     reason = "S3AccessDenied"
+
+
+class NonFiniteError(UnlearningError):
+    """A gradient update became NaN or inf. Deterministic: a retry from the same checkpoint would repeat it."""
+
+    exit_code = 5
+    reason = "NonFinite"

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from accelerate import Accelerator
 
+from unlearning_trainer.errors import NonFiniteError
 from unlearning_trainer.objectives.losses import Denoiser, NoiseDraw
 from unlearning_trainer.objectives.methods import Objective
 
@@ -111,6 +112,12 @@ class Stepper:
             update, combine_stats = self.objective.combine(g_keep, g_forget)
             if self.refresh_every is not None:
                 self.cached_scale = combine_stats["forget_scale"]
+        if not bool(torch.isfinite(update).all()):
+            raise NonFiniteError(
+                f"step {step + 1}: the update is NaN or inf, so it was not applied; training stopped, the last "
+                "checkpoint is kept and nothing is published. Fix: lower spec.training.learningRate or "
+                "spec.method.forgetGradNorm, or keep spec.method.lambda strictly between 0 and 1"
+            )
         assign(update, self.params)
         stats |= combine_stats
         stats["grad_norm"] = float(self.accelerator.clip_grad_norm_(self.params, self.max_grad_norm))
