@@ -92,6 +92,19 @@ CASES = [
         "exponent-without-dot", _unchanged, None, raw=_BASE_TEXT.replace("learningRate: 5.0e-5", "learningRate: 5e-5")
     ),
     Case("warmup-with-cosine", _set("spec.training", {"lrScheduler": "cosine", "lrWarmupSteps": 10}), None),
+    Case(
+        "learning-rate-infinite",
+        _unchanged,
+        "spec.training.learningRate",
+        server_field="unsupported value: +Inf",  # kubectl itself cannot put it into JSON, and says so
+        raw=_BASE_TEXT.replace("learningRate: 5.0e-5", "learningRate: .inf"),
+    ),
+    Case(
+        "steps-beyond-int64",
+        _unchanged,
+        "spec.training.steps",
+        raw=_BASE_TEXT.replace("steps: 300", "steps: 100000000000000000000"),
+    ),
     # --- names --------------------------------------------------------------------------------------------
     Case("name-starts-with-digit", _set("metadata.name", "42-forget"), "metadata.name"),
     Case("name-with-dots", _set("metadata.name", "forget.req.42"), "metadata.name"),

@@ -10,8 +10,9 @@ import re
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import BeforeValidator, ConfigDict, Field, model_validator
+
+from unlearning_trainer.wire import WireModel
 
 QUANTITY_PATTERN = (
     r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
@@ -87,17 +88,6 @@ def _cel(rule: str, message: str, field_path: str | None = None) -> dict[str, st
     return rule_dict
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        validate_by_name=True,
-        validate_by_alias=True,
-        extra="forbid",
-        frozen=True,
-        strict=True,
-    )
-
-
 REQUEST_ABOVE_LIMIT = (
     "A request is above its limit. Fix: lower the request or raise the limit "
     "(a resource given in only one of requests and limits is used for both)."
@@ -119,7 +109,7 @@ def _whole_extended(part: str) -> str:
     )
 
 
-class ResourcesSpec(_Model):
+class ResourcesSpec(WireModel):
     """Per trainer pod. Each resource given here replaces the chart's default for it; one given in only one of
     requests and limits is used for both. The GPU count (the chart's `trainer.gpuResource`) also sets how
     many processes torchrun starts per pod; `nvidia.com/gpu: 0` runs the job on CPUs."""
@@ -171,7 +161,7 @@ EXISTS_WITH_VALUE = (
 )
 
 
-class Toleration(_Model):
+class Toleration(WireModel):
     """A pod toleration, as in the Kubernetes pod spec."""
 
     model_config = ConfigDict(
@@ -198,7 +188,7 @@ class Toleration(_Model):
         return self.model_dump(by_alias=True, exclude_none=True)
 
 
-class SchedulingSpec(_Model):
+class SchedulingSpec(WireModel):
     """Where trainer pods may run. nodeSelector adds to (and overrides per key) the chart's default,
     tolerations add to the chart's, affinity and priorityClassName replace the chart's."""
 

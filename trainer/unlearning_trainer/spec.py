@@ -10,12 +10,12 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from unlearning_trainer.errors import SpecError
 from unlearning_trainer.job_file import excerpt, read_document
 from unlearning_trainer.placement import ResourcesSpec, SchedulingSpec
+from unlearning_trainer.wire import WireModel
 
 API_VERSION = "unlearning.dev/v1alpha1"
 KIND = "UnlearningJob"
@@ -37,20 +37,6 @@ SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z
 """A DNS-1123 subdomain, what Kubernetes requires of a Secret name."""
 
 
-class _Model(BaseModel):
-    """Shared config: camelCase names on the wire, unknown fields rejected, frozen after parsing, and strict
-    types (no "300" or true where a number belongs), as the API server judges the same document."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        validate_by_name=True,
-        validate_by_alias=True,
-        extra="forbid",
-        frozen=True,
-        strict=True,
-    )
-
-
 MAX_URI = 2048
 
 
@@ -63,7 +49,7 @@ BAD_URI = (
 )
 
 
-class Location(_Model):
+class Location(WireModel):
     uri: str = Field(
         min_length=1,
         max_length=MAX_URI,
@@ -83,12 +69,12 @@ class ModelSource(Location):
     """A diffusers pipeline folder with safetensors weights."""
 
 
-class DataSpec(_Model):
+class DataSpec(WireModel):
     forget: Location = Field(description="Image folder (HF imagefolder layout) with the data to forget.")
     retain: Location = Field(description="Image folder with the data to keep (the training set minus the forget set).")
 
 
-class MethodSpec(_Model):
+class MethodSpec(WireModel):
     name: Method = Field(default="siss", description="Unlearning objective.")
     lambda_: float = Field(
         default=0.5,
@@ -131,7 +117,7 @@ WARMUP_TOO_LONG = (
 )
 
 
-class TrainingSpec(_Model):
+class TrainingSpec(WireModel):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
@@ -177,7 +163,7 @@ class TrainingSpec(_Model):
         return self
 
 
-class NllSpec(_Model):
+class NllSpec(WireModel):
     method: Literal["vlb", "pf-ode"] = Field(
         default="vlb",
         description="vlb: discrete variational bound over the schedule; pf-ode: probability-flow ODE likelihood.",
@@ -191,7 +177,7 @@ class NllSpec(_Model):
     tolerance: float = Field(default=1e-5, gt=0.0, description="pf-ode: RK45 rtol and atol.")
 
 
-class EvaluationSpec(_Model):
+class EvaluationSpec(WireModel):
     every: int = Field(default=100, gt=0, description="Evaluate every N steps (and before and after training).")
     num_samples: int = Field(default=256, gt=0, description="Generated samples for memorization and grids.")
     memorization_threshold: float = Field(
@@ -222,7 +208,7 @@ class OutputSpec(Location):
     """Where the unlearned pipeline, metrics.json and checkpoints are written."""
 
 
-class StorageSpec(_Model):
+class StorageSpec(WireModel):
     endpoint: str | None = Field(
         default=None, max_length=MAX_URI, description="S3-compatible endpoint URL; null means AWS."
     )
@@ -234,12 +220,12 @@ class StorageSpec(_Model):
     )
 
 
-class RegisteredModelSpec(_Model):
+class RegisteredModelSpec(WireModel):
     name: str = Field(min_length=1, max_length=256, description="MLflow registered model name.")
     alias: str | None = Field(default=None, max_length=256, description="Alias set on the new version.")
 
 
-class TrackingSpec(_Model):
+class TrackingSpec(WireModel):
     mlflow_tracking_uri: str | None = Field(
         default=None,
         max_length=MAX_URI,
@@ -251,7 +237,7 @@ class TrackingSpec(_Model):
     )
 
 
-class AuditSpec(_Model):
+class AuditSpec(WireModel):
     request_id: str | None = Field(
         default=None, max_length=256, description="The deletion request this job answers (ticket or case id)."
     )
@@ -263,7 +249,7 @@ class AuditSpec(_Model):
     )
 
 
-class RunPolicySpec(_Model):
+class RunPolicySpec(WireModel):
     backoff_limit: int = Field(
         default=3,
         ge=0,
@@ -290,7 +276,7 @@ def _without_slash(uri: str) -> str:
     return f"({uri}.endsWith('/') ? {uri}.substring(0, {uri}.size() - 1) : {uri})"
 
 
-class UnlearningJobSpec(_Model):
+class UnlearningJobSpec(WireModel):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
@@ -348,7 +334,7 @@ class UnlearningJobSpec(_Model):
         return self
 
 
-class ObjectMeta(_Model):
+class ObjectMeta(WireModel):
     model_config = ConfigDict(extra="allow", frozen=True)
     name: str = Field(
         min_length=1,
@@ -359,7 +345,7 @@ class ObjectMeta(_Model):
     namespace: str | None = None
 
 
-class UnlearningJob(_Model):
+class UnlearningJob(WireModel):
     api_version: Literal["unlearning.dev/v1alpha1"] = API_VERSION
     kind: Literal["UnlearningJob"] = KIND
     metadata: ObjectMeta
@@ -381,6 +367,7 @@ def _normalize_uri(uri: str) -> str:
 
 
 _FIXES = {
+    "finite_number": "use a finite number (JSON, which the API server speaks, has no NaN or infinity)",
     "missing": "add this field",
     "extra_forbidden": "remove it or check its spelling (field names are camelCase)",
     "literal_error": "use one of the allowed values",
