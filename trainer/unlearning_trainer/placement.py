@@ -38,7 +38,7 @@ _SUFFIXES = {
 def quantity_value(quantity: int | str) -> Decimal:
     """The number a Kubernetes quantity stands for: mantissa × suffix (binary, decimal SI or eN exponent)."""
     text = str(quantity)
-    if len(text) > MAX_QUANTITY_LENGTH or not re.match(QUANTITY_PATTERN, text):
+    if len(text) > MAX_QUANTITY_LENGTH or not re.fullmatch(QUANTITY_PATTERN, text):
         raise ValueError(
             f"{text!r} is not a Kubernetes quantity. Fix: a number with an optional suffix, such as 4, 500m or 16Gi"
         )
@@ -143,7 +143,7 @@ class ResourcesSpec(WireModel):
     @model_validator(mode="after")
     def _consistent(self) -> ResourcesSpec:
         for name in (*self.requests, *self.limits):
-            if not re.match(RESOURCE_NAME_PATTERN, name):
+            if not re.fullmatch(RESOURCE_NAME_PATTERN, name):
                 raise ValueError(f"{BAD_RESOURCE_NAME} Got {name!r}.")
         for part in (self.requests, self.limits):
             for name, value in part.items():

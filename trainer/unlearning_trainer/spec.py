@@ -60,7 +60,7 @@ class Location(WireModel):
     @field_validator("uri")
     @classmethod
     def _readable(cls, uri: str) -> str:
-        if uri and not re.match(URI_PATTERN, uri):
+        if uri and not re.fullmatch(URI_PATTERN, uri):
             raise ValueError(f"{excerpt(uri)} {BAD_URI}")
         return uri
 
