@@ -79,14 +79,30 @@ def test_namespaced_mode_grants_roles_only_in_the_watched_namespaces():
         ["--set", "trainer.memory=16GB"],
         ["--set-json", 'trainer.tolerations=[{"key": "gpu", "effect": "Sometimes"}]'],
         ["--set", "trainer.priorityClassName=High_Priority"],
+        ["--set", "trainer.image=my trainer"],
+        ["--set", "operator.image.repository=ghcr.io/Team/operator"],
+        ["--set", "operator.image.tag=:latest"],
     ],
-    ids=["negative-gpus", "unknown-key", "bad-enum", "cpu-lots", "memory-GB", "toleration-effect", "priority-class"],
+    ids=[
+        "negative-gpus",
+        "unknown-key",
+        "bad-enum",
+        "cpu-lots",
+        "memory-GB",
+        "toleration-effect",
+        "priority-class",
+        "image-with-space",
+        "repository-upper-case",
+        "tag-with-colon",
+    ],
 )
 def test_values_schema_rejects_bad_values(bad):
     result = subprocess.run(
         [str(binaries() / "helm"), "template", "unlearning", str(CHART), *bad], capture_output=True, text=True
     )
     assert result.returncode != 0 and "values don't meet the specifications of the schema" in result.stderr
+    value = bad[1].split("=")[0]
+    assert value.split(".")[-1] in result.stderr, f"the message must name {value}: {result.stderr}"
 
 
 def test_chart_defaults_equal_the_operator_defaults():
