@@ -95,6 +95,8 @@ def _expect_data_error(workspace: Path, job_document, *fragments: str) -> None:
         assert fragment in result.stderr
     metrics = json.loads((workspace / "out" / "metrics.json").read_text())
     assert metrics["status"] == "failed" and metrics["reason"] == "DataError"
+    assert not (workspace / "out" / "model_index.json").exists(), "nothing is published"
+    assert not (workspace / "out" / "checkpoints").exists(), "the error comes before any training"
 
 
 def test_empty_forget_set(workspace, job_document):
@@ -112,6 +114,31 @@ def test_image_size_that_does_not_match_the_model(workspace, job_document):
     builders.write_image_folder(np.zeros((2, 16, 16), np.uint8), workspace / "big")
     job_document["spec"]["data"]["forget"]["uri"] = "big"
     _expect_data_error(workspace, job_document, "spec.data.forget.uri", "16×16 but the model expects 8×8", "Fix:")
+
+
+def test_a_corrupt_image(workspace, job_document):
+    sorted((workspace / "forget").glob("*.png"))[0].write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    _expect_data_error(workspace, job_document, "spec.data.forget.uri", "is not a readable image", "Fix:")
+
+
+def test_colour_images_for_a_grayscale_model(workspace, job_document):
+    colour = np.zeros((2, 8, 8, 3), np.uint8)
+    colour[..., 0] = 255
+    builders.write_image_folder(colour, workspace / "colour")
+    job_document["spec"]["data"]["retain"]["uri"] = "colour"
+    _expect_data_error(workspace, job_document, "spec.data.retain.uri", "colour image", "1 channel")
+
+
+def test_an_empty_retain_set(workspace, job_document):
+    (workspace / "empty").mkdir()
+    job_document["spec"]["data"]["retain"]["uri"] = "empty"
+    _expect_data_error(workspace, job_document, "spec.data.retain.uri", "holds no images")
+
+
+def test_an_unsupported_pipeline(workspace, job_document):
+    index = workspace / "model" / "model_index.json"
+    index.write_text(index.read_text().replace("DDPMPipeline", "KandinskyPipeline"))
+    _expect_data_error(workspace, job_document, "spec.model.uri", "'KandinskyPipeline' is not supported")
 
 
 def test_pickle_checkpoints_are_refused(workspace, job_document):

@@ -70,6 +70,14 @@ def _read_captions(root: Path) -> dict[str, str]:
     return captions
 
 
+def _has_colour(image: Image.Image) -> bool:
+    """Whether an image holds colour (a grayscale picture saved as RGB does not)."""
+    if image.mode in ("1", "L", "LA", "I", "I;16", "F"):
+        return False
+    red, green, blue = (np.asarray(band, dtype=np.int16) for band in image.convert("RGB").split())
+    return bool((red != green).any() or (green != blue).any())
+
+
 def load_image_folder(root: Path, *, field: str, image_shape: tuple[int, int, int]) -> ImageSet:
     """Load every image below `root`, checking that it matches the model's (channels, height, width).
 
@@ -92,13 +100,24 @@ def load_image_folder(root: Path, *, field: str, image_shape: tuple[int, int, in
     for path in files:
         name = path.relative_to(root).as_posix()
         content = path.read_bytes()
-        with Image.open(path) as image:
-            if image.size != (width, height):
-                raise DataError(
-                    f"{field}: {name} is {image.size[0]}×{image.size[1]} but the model expects {width}×{height}. "
-                    f"Fix: resize the images to {width}×{height} or use a model trained at that size."
-                )
-            array = np.asarray(image.convert(mode), dtype=np.uint8)
+        try:
+            with Image.open(path) as image:
+                if image.size != (width, height):
+                    raise DataError(
+                        f"{field}: {name} is {image.size[0]}×{image.size[1]} but the model expects "
+                        f"{width}×{height}. Fix: resize the images to {width}×{height} or use a model trained at "
+                        "that size."
+                    )
+                if channels == 1 and _has_colour(image):
+                    raise DataError(
+                        f"{field}: {name} is a colour image but the model has 1 channel (grayscale). Fix: convert "
+                        "the images to grayscale, or use a 3-channel model."
+                    )
+                array = np.asarray(image.convert(mode), dtype=np.uint8)
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise DataError(
+                f"{field}: {name} is not a readable image ({exc}). Fix: replace the file or remove it."
+            ) from None
         arrays.append(array.reshape(height, width, channels).transpose(2, 0, 1))
         names.append(name)
         digests.append(hashlib.sha256(content).hexdigest())
