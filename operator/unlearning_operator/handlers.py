@@ -546,6 +546,8 @@ def build_registry(
         # Watching named namespaces needs no cluster-wide reads: without scanning, kopf neither lists
         # namespaces nor watches CRDs, so the namespaced chart grants nothing outside its namespaces.
         settings.scanning.disabled = namespaces is not None
+        # The API server sends only the operator's own Jobs, not every Job in the cluster.
+        settings.watching.label_selectors["batch", "jobs"] = manifests.JOB_LABEL
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:

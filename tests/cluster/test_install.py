@@ -62,6 +62,10 @@ def test_namespaced_mode_serves_its_namespaces_only_and_every_call_is_granted(
     namespaces = {e.get("objectRef", {}).get("namespace") for e in made} - {None}
     assert namespaces <= {"team-a", "team-b"}, f"namespaced mode stays in its namespaces: {namespaces}"
     assert not forbidden_requests(control_plane, before), "every call the operator makes must be granted by the chart"
+    job_reads = [
+        e["requestURI"] for e in made if e["verb"] in ("list", "watch") and e["objectRef"]["resource"] == "jobs"
+    ]
+    assert job_reads and all("labelSelector=unlearning.dev" in uri for uri in job_reads), job_reads
 
 
 def test_a_permission_the_chart_lacks_is_refused_by_the_authorizer_and_reported_on_the_job(
