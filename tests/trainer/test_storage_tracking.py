@@ -104,6 +104,7 @@ def test_wrong_credentials_are_a_clear_access_denied(s3_scenario, s3_server, job
     result = _unlearn(["run", str(write_job(tmp_path, document)), "--no-progress"], env, tmp_path)
     assert result.returncode == 4, result.stderr
     assert "access denied" in result.stderr and "spec.storage.credentialsSecret" in result.stderr
+    assert "a retry cannot help" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -120,6 +121,7 @@ def test_missing_objects_are_clear_data_errors(s3_scenario, s3_server, job_docum
     result = _unlearn(["run", str(write_job(tmp_path, document)), "--no-progress"], s3_server.env(), tmp_path)
     assert result.returncode == 3, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
+    assert "a retry cannot help" in result.stderr
 
 
 def test_server_stopped_during_upload_retries_then_fails_without_publishing(s3_server, scenario, tmp_path, monkeypatch):

@@ -95,21 +95,25 @@ class S3Storage:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code == "NoSuchBucket":
                 bucket = S3Location.parse(uri).bucket
-                raise DataError(f"{where}: bucket {bucket!r} does not exist. Fix: create it or fix the URI.") from None
+                raise DataError(
+                    f"{where}: bucket {bucket!r} does not exist (a retry cannot help). Fix: create it or fix the URI."
+                ) from None
             if code in DENIED_CODES:
                 raise AccessDeniedError(
-                    f"{where}: access denied ({code}). Fix: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
-                    "(on Kubernetes: the Secret named in spec.storage.credentialsSecret) and the bucket policy."
+                    f"{where}: access denied ({code}; a retry cannot help). Fix: check AWS_ACCESS_KEY_ID and "
+                    "AWS_SECRET_ACCESS_KEY (on Kubernetes: the Secret named in spec.storage.credentialsSecret) and "
+                    "the bucket policy."
                 ) from None
             if code in MISSING_CODES:
                 raise DataError(
-                    f"{where}: no such object or folder. Fix: check the URI and that the data was uploaded."
+                    f"{where}: no such object or folder (a retry cannot help). Fix: check the URI and that the "
+                    "data was uploaded."
                 ) from None
-            raise UnlearningError(f"{where}: S3 request failed ({code}): {exc}") from None
+            raise UnlearningError(f"{where}: S3 request failed ({code}): {exc}. The job can be retried.") from None
         except NoCredentialsError:
             raise AccessDeniedError(
-                f"{where}: no S3 credentials. Fix: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (on Kubernetes: "
-                "name a Secret in spec.storage.credentialsSecret)."
+                f"{where}: no S3 credentials (a retry cannot help). Fix: set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY (on Kubernetes: name a Secret in spec.storage.credentialsSecret)."
             ) from None
         except EndpointConnectionError:
             raise UnlearningError(
