@@ -116,6 +116,15 @@ CASES = [
     Case("secret-name-underscore", _set("spec.storage.credentialsSecret", "My_S3_Secret"), "credentialsSecret"),
     Case("secret-name-upper-case", _set("spec.storage.credentialsSecret", "S3-Credentials"), "credentialsSecret"),
     # --- the document -------------------------------------------------------------------------------------
+    Case("no-api-version", _drop("apiVersion"), "apiVersion"),
+    Case("no-kind", _drop("kind"), "kind"),
+    Case(
+        "other-api-version",
+        _set("apiVersion", "unlearning.dev/v1"),
+        "apiVersion",
+        server_field='no matches for kind "UnlearningJob" in version "unlearning.dev/v1"',
+    ),
+    Case("kind-lower-case", _set("kind", "unlearningjob"), "kind"),
     Case("no-spec", _drop("spec"), "spec"),
     Case("no-model", _drop("spec.model"), "spec.model"),
     Case("no-output-uri", _set("spec.output", {}), "spec.output.uri"),

@@ -346,8 +346,8 @@ class ObjectMeta(WireModel):
 
 
 class UnlearningJob(WireModel):
-    api_version: Literal["unlearning.dev/v1alpha1"] = API_VERSION
-    kind: Literal["UnlearningJob"] = KIND
+    api_version: Literal["unlearning.dev/v1alpha1"]
+    kind: Literal["UnlearningJob"]
     metadata: ObjectMeta
     spec: UnlearningJobSpec
     status: dict[str, Any] | None = None
@@ -417,7 +417,8 @@ def parse_job(document: Any, *, source: str = "job") -> UnlearningJob:
 
 def parse_spec(spec: Any, *, source: str = "spec") -> UnlearningJobSpec:
     """Validate only the `spec` part (the operator receives spec and metadata separately)."""
-    return parse_job({"metadata": {"name": "job"}, "spec": spec}, source=source).spec
+    document = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "job"}, "spec": spec}
+    return parse_job(document, source=source).spec
 
 
 def load_job(path: str | Path) -> UnlearningJob:
