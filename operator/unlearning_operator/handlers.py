@@ -403,10 +403,12 @@ class Operator:
                 updates = {"Suspended": (False, "Resumed", "resumed from the last checkpoint")}
         self._transition(body, updates)
 
-    def _set_workload_active(self, namespace: str, job_name: str, *, active: bool) -> bool:
-        """False while Kueue has not created the Workload yet; the next sync tries again."""
+    def _set_workload_active(self, namespace: str, job_name: str, *, active: bool) -> None:
+        """Nothing happens while Kueue has not created the Workload yet; a later sync applies a pending
+        suspension."""
         job = self.kube.get_job(namespace, job_name)
-        return job is not None and self.kube.set_workload_active(namespace, job["metadata"]["uid"], active)
+        if job is not None:
+            self.kube.set_workload_active(namespace, job["metadata"]["uid"], active)
 
     def poll(self, body: dict[str, Any]) -> None:
         self.refresh_progress(body)

@@ -179,12 +179,12 @@ class Kubernetes:
                 return group.preferred_version.version
         return None
 
-    def set_workload_active(self, namespace: str, job_uid: str, active: bool) -> bool:
+    def set_workload_active(self, namespace: str, job_uid: str, active: bool) -> None:
         """Set `spec.active` of the Kueue Workload of a Job, Kueue's own way to stop and resume an admitted job
-        (Kueue then suspends or unsuspends the Job). False when no such Workload exists (yet)."""
+        (Kueue then suspends or unsuspends the Job). Nothing happens where no such Workload exists (yet)."""
         version = self._kueue_version()
         if version is None:
-            return False
+            return
         workloads = self._data(
             self.custom.list_namespaced_custom_object(
                 KUEUE_GROUP,
@@ -207,7 +207,6 @@ class Kubernetes:
                     {"spec": {"active": active}},
                     _request_timeout=self.timeout,
                 )
-        return bool(workloads)
 
     def patch_status(
         self, namespace: str, name: str, status: dict[str, Any], *, resource_version: str | None = None
