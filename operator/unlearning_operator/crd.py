@@ -57,7 +57,6 @@ def _convert(node: Any, definitions: dict[str, Any]) -> Any:
             continue
         if key == "additionalProperties" and isinstance(value, bool):
             continue  # false is what a structural schema means anyway; true becomes preserve-unknown-fields
-
         if key == "exclusiveMinimum":
             result["minimum"], result["exclusiveMinimum"] = value, True
         elif key == "exclusiveMaximum":

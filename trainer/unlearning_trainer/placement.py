@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, ConfigDict, Field, model_validator
 
-from unlearning_trainer.wire import WireModel
+from unlearning_trainer.wire import WireModel, cel_rule
 
 QUANTITY_PATTERN = (
     r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
@@ -81,13 +81,6 @@ Quantity = Annotated[
 ]
 
 
-def _cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
-    rule_dict = {"rule": rule, "message": message}
-    if field_path:
-        rule_dict["fieldPath"] = field_path
-    return rule_dict
-
-
 REQUEST_ABOVE_LIMIT = (
     "A request is above its limit. Fix: lower the request or raise the limit "
     "(a resource given in only one of requests and limits is used for both)."
@@ -118,11 +111,11 @@ class ResourcesSpec(WireModel):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
-                _cel(_each_key_is_resource("requests"), BAD_RESOURCE_NAME, ".requests"),
-                _cel(_each_key_is_resource("limits"), BAD_RESOURCE_NAME, ".limits"),
-                _cel(_whole_extended("requests"), FRACTIONAL_EXTENDED, ".requests"),
-                _cel(_whole_extended("limits"), FRACTIONAL_EXTENDED, ".limits"),
-                _cel(
+                cel_rule(_each_key_is_resource("requests"), BAD_RESOURCE_NAME, ".requests"),
+                cel_rule(_each_key_is_resource("limits"), BAD_RESOURCE_NAME, ".limits"),
+                cel_rule(_whole_extended("requests"), FRACTIONAL_EXTENDED, ".requests"),
+                cel_rule(_whole_extended("limits"), FRACTIONAL_EXTENDED, ".limits"),
+                cel_rule(
                     "!has(self.requests) || !has(self.limits) || self.requests.all(k, !(k in self.limits) || "
                     "quantity(string(self.requests[k])).compareTo(quantity(string(self.limits[k]))) <= 0)",
                     REQUEST_ABOVE_LIMIT,
@@ -147,7 +140,7 @@ class ResourcesSpec(WireModel):
                 raise ValueError(f"{BAD_RESOURCE_NAME} Got {name!r}.")
         for part in (self.requests, self.limits):
             for name, value in part.items():
-                if is_extended(name) and quantity_value(value) != quantity_value(value).to_integral_value():
+                if is_extended(name) and (amount := quantity_value(value)) != amount.to_integral_value():
                     raise ValueError(f"{FRACTIONAL_EXTENDED} Got {name}: {value}.")
         for name, request in self.requests.items():
             if name in self.limits and quantity_value(request) > quantity_value(self.limits[name]):
@@ -167,7 +160,7 @@ class Toleration(WireModel):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
-                _cel("self.operator != 'Exists' || !has(self.value) || self.value == ''", EXISTS_WITH_VALUE)
+                cel_rule("self.operator != 'Exists' || !has(self.value) || self.value == ''", EXISTS_WITH_VALUE)
             ]
         }
     )

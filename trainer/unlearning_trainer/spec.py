@@ -15,7 +15,7 @@ from pydantic import ConfigDict, Field, ValidationError, field_validator, model_
 from unlearning_trainer.errors import SpecError
 from unlearning_trainer.job_file import excerpt, read_document
 from unlearning_trainer.placement import ResourcesSpec, SchedulingSpec
-from unlearning_trainer.wire import WireModel
+from unlearning_trainer.wire import WireModel, cel_rule
 
 API_VERSION = "unlearning.dev/v1alpha1"
 KIND = "UnlearningJob"
@@ -103,11 +103,6 @@ class MethodSpec(WireModel):
 LrScheduler = Literal["constant", "constant_with_warmup", "linear", "cosine"]
 
 
-def _cel(rule: str, message: str, field: str) -> dict[str, str]:
-    """A CEL rule for the generated CRD: the API server's copy of a model validator beside it."""
-    return {"rule": rule, "message": message, "fieldPath": field, "reason": "FieldValueInvalid"}
-
-
 WARMUP_WITHOUT_SCHEDULE = (
     "spec.training.lrWarmupSteps is set but spec.training.lrScheduler is constant, which has no warm-up. "
     "Fix: use constant_with_warmup, linear or cosine, or drop lrWarmupSteps."
@@ -121,12 +116,12 @@ class TrainingSpec(WireModel):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
-                _cel(
+                cel_rule(
                     "self.lrWarmupSteps == 0 || self.lrScheduler != 'constant'",
                     WARMUP_WITHOUT_SCHEDULE,
                     ".lrWarmupSteps",
                 ),
-                _cel("self.lrWarmupSteps < self.steps", WARMUP_TOO_LONG, ".lrWarmupSteps"),
+                cel_rule("self.lrWarmupSteps < self.steps", WARMUP_TOO_LONG, ".lrWarmupSteps"),
             ]
         }
     )
@@ -280,12 +275,12 @@ class UnlearningJobSpec(WireModel):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
-                _cel(
+                cel_rule(
                     f"{_without_slash('self.output.uri')} != {_without_slash('self.model.uri')}",
                     OUTPUT_IS_MODEL,
                     ".output.uri",
                 ),
-                _cel(
+                cel_rule(
                     "!has(self.training) || "
                     "self.training.batchSize % (self.workers * self.training.gradientAccumulationSteps) == 0",
                     BATCH_NOT_DIVISIBLE,

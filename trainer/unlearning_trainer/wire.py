@@ -32,3 +32,11 @@ class WireModel(BaseModel):
         if isinstance(value, int) and not isinstance(value, bool) and not -INT64 <= value < INT64:
             raise ValueError(f"{value} does not fit in a 64-bit integer. Fix: use a smaller value")
         return value
+
+
+def cel_rule(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
+    """A CEL rule for the generated CRD: the API server's copy of a model validator beside it."""
+    rule_dict = {"rule": rule, "message": message, "reason": "FieldValueInvalid"}
+    if field_path:
+        rule_dict["fieldPath"] = field_path
+    return rule_dict
