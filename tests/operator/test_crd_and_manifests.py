@@ -31,20 +31,30 @@ def test_crd_drift_is_detected(tmp_path, monkeypatch):
     assert crd.main(["--check"]) == 1
 
 
-def _json_schema(node: Any) -> Any:
-    """OpenAPI v3.0 → JSON Schema draft 4: `nullable` becomes a null type."""
+def json_schema(node: Any, *, strict: bool = False) -> Any:
+    """OpenAPI v3.0 → JSON Schema draft 4: `nullable` becomes a null type. `strict` judges as the API server does
+    with strict field validation: unknown fields are refused, and a pattern's `$` matches only at the very end
+    (Go's RE2; Python's `$` also matches before a final newline)."""
     if isinstance(node, list):
-        return [_json_schema(item) for item in node]
+        return [json_schema(item, strict=strict) for item in node]
     if not isinstance(node, dict):
         return node
-    result = {k: _json_schema(v) for k, v in node.items() if not k.startswith("x-kubernetes") and k != "nullable"}
+    result = {
+        k: json_schema(v, strict=strict)
+        for k, v in node.items()
+        if not k.startswith("x-kubernetes") and k != "nullable"
+    }
     if node.get("nullable") and "type" in node:
         result["type"] = [node["type"], "null"]
+    if strict and node.get("pattern", "").endswith("$"):
+        result["pattern"] = node["pattern"][:-1] + r"\Z"
+    if strict and "properties" in node and not node.get("x-kubernetes-preserve-unknown-fields"):
+        result["additionalProperties"] = False
     return result
 
 
 def _schema() -> dict[str, Any]:
-    return _json_schema(crd.build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+    return json_schema(crd.build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
 
 
 @pytest.mark.parametrize("example", sorted(EXAMPLE.parent.glob("*.yaml")), ids=lambda path: path.name)
@@ -75,12 +85,14 @@ def _rules() -> dict[str, Any]:
     }
 
 
-def _evaluate(rule: str, new: Any, old: Any = None) -> bool:
-    environment = celpy.Environment()
+CEL = celpy.Environment()
+
+
+def evaluate(rule: str, new: Any, old: Any = None) -> bool:
     activation = {"self": celpy.json_to_cel(new)}
     if old is not None:
         activation["oldSelf"] = celpy.json_to_cel(old)
-    return bool(environment.program(environment.compile(rule)).evaluate(activation))
+    return bool(CEL.program(CEL.compile(rule)).evaluate(activation))
 
 
 def _resolved_example() -> dict[str, Any]:
@@ -99,23 +111,23 @@ def test_spec_is_immutable_once_started_except_suspend():
     changed["spec"]["training"]["steps"] = 999
     suspended = copy.deepcopy(started)
     suspended["spec"]["runPolicy"]["suspend"] = True
-    assert _evaluate(rule, changed, old), "before the start every change is allowed"
-    assert not _evaluate(rule, changed, started)
-    assert _evaluate(rule, suspended, started)
+    assert evaluate(rule, changed, old), "before the start every change is allowed"
+    assert not evaluate(rule, changed, started)
+    assert evaluate(rule, suspended, started)
     removed = copy.deepcopy(started)
     del removed["spec"]["tracking"]
-    assert not _evaluate(rule, removed, started), "removing an optional section is a change too"
+    assert not evaluate(rule, removed, started), "removing an optional section is a change too"
 
 
 def test_name_length_and_cross_field_rules():
     name_rule = _rules()["root"][0]["rule"]
-    assert _evaluate(name_rule, {"metadata": {"name": "a" * 50}})
-    assert not _evaluate(name_rule, {"metadata": {"name": "a" * 51}})
+    assert evaluate(name_rule, {"metadata": {"name": "a" * 50}})
+    assert not evaluate(name_rule, {"metadata": {"name": "a" * 51}})
     output_rule, batch_rule = (r["rule"] for r in _rules()["spec"])
     spec = _resolved_example()["spec"]
-    assert _evaluate(output_rule, spec) and _evaluate(batch_rule, spec)
-    assert not _evaluate(output_rule, spec | {"output": {"uri": spec["model"]["uri"]}})
-    assert not _evaluate(batch_rule, spec | {"workers": 3})
+    assert evaluate(output_rule, spec) and evaluate(batch_rule, spec)
+    assert not evaluate(output_rule, spec | {"output": {"uri": spec["model"]["uri"]}})
+    assert not evaluate(batch_rule, spec | {"workers": 3})
 
 
 @pytest.fixture
@@ -192,8 +204,8 @@ def test_a_run_policy_field_added_after_the_start_is_refused():
     deadline["spec"]["runPolicy"]["activeDeadlineSeconds"] = 60
     suspend = copy.deepcopy(started)
     suspend["spec"]["runPolicy"]["suspend"] = True
-    assert not _evaluate(rule, deadline, started)
-    assert _evaluate(rule, suspend, started)
+    assert not evaluate(rule, deadline, started)
+    assert evaluate(rule, suspend, started)
 
 
 def _spec_with(**fields: Any):
