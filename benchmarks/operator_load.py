@@ -69,8 +69,7 @@ def cluster(root: Path) -> Iterator[tuple[ControlPlane, Api, LocalNode, Kubectl]
     plane = ControlPlane(build()[0], root / "control-plane")
     plane.start()
     print(f"control plane up in {plane.started_in:.1f} s", file=sys.stderr)
-    pki = plane.pki
-    admin = Api(plane.server, pki.ca.cert, cert=(pki.admin.cert, pki.admin.key))
+    admin = plane.admin_api()
     node = LocalNode(admin, root / "node", node_env={"OMP_NUM_THREADS": "1"}, stand_in=["sleep", "3600"])
     node.start()
     try:

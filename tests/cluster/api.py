@@ -72,6 +72,14 @@ class Api:
     def items(self, path: str) -> list[dict[str, Any]]:
         return self.get(path).get("items", [])
 
+    def create(self, path: str, body: dict[str, Any]) -> None:
+        """POST `body` to the collection at `path`; an object of that name that exists already is fine."""
+        try:
+            self.request("POST", path, body)
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+
     def merge_patch(self, path: str, patch: dict[str, Any], *, missing_ok: bool = False) -> Any:
         return self.request("PATCH", path, patch, content_type="application/merge-patch+json", missing_ok=missing_ok)
 

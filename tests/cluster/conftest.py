@@ -43,8 +43,7 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixt
 
 @pytest.fixture(scope="session")
 def admin(control_plane: ControlPlane) -> Api:
-    pki = control_plane.pki
-    return Api(control_plane.server, pki.ca.cert, cert=(pki.admin.cert, pki.admin.key))
+    return control_plane.admin_api()
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.cluster.api import Api
 from tests.cluster.pki import Pki
 from tests.servers import free_port
 
@@ -114,6 +115,10 @@ class ControlPlane:
 
     def tool(self, name: str) -> Path:
         return self.bin / name
+
+    def admin_api(self) -> Api:
+        """A client with the admin (system:masters) certificate."""
+        return Api(self.server, self.pki.ca.cert, cert=(self.pki.admin.cert, self.pki.admin.key))
 
     # ----- start and stop -------------------------------------------------------------------------------------
 

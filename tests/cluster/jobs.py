@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tests.cluster.api import Api, eventually
 from tests.cluster.node import LocalNode
+
+if TYPE_CHECKING:
+    from tests.cluster.platform import Kubectl
 
 WORKERS = 2
 TRAINER_TIMEOUT = 300.0
@@ -51,6 +54,12 @@ def job_document(
             "runPolicy": {"backoffLimit": backoff_limit, **(run_policy or {})},
         },
     }
+
+
+def patch_suspend(kubectl: Kubectl, namespace: str, name: str, suspend: bool) -> None:
+    """`kubectl patch` of runPolicy.suspend, as a user suspends or resumes a job."""
+    patch = json.dumps({"spec": {"runPolicy": {"suspend": suspend}}})
+    kubectl.run("patch", "uj", name, "-n", namespace, "--type", "merge", "-p", patch)
 
 
 def get(admin: Api, namespace: str, name: str) -> dict[str, Any] | None:

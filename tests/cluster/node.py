@@ -195,11 +195,7 @@ class LocalNode:
             "metadata": {"name": self.name, "labels": self.labels},
             "spec": {"taints": self.taints},
         }
-        try:
-            self.api.request("POST", "/api/v1/nodes", node)
-        except ApiError as exc:
-            if exc.status != 409:
-                raise
+        self.api.create("/api/v1/nodes", node)
         capacity = {"cpu": "16", "memory": "64Gi", "pods": "110", "nvidia.com/gpu": "8"}
         status = {
             "capacity": capacity,

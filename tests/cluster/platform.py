@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from tests.cluster.api import Api, ApiError, eventually
+from tests.cluster.api import Api, eventually
 from tests.cluster.control_plane import AUDITED_NAMESPACE, ControlPlane
 from tests.cluster.jobs import S3_SECRET
 from tests.cluster.node import LocalNode
@@ -64,11 +64,7 @@ class Kubectl:
 def create_namespace(admin: Api, name: str, *, restricted: bool = True) -> None:
     """A namespace that enforces the restricted Pod Security Standard, as a careful platform team sets it."""
     labels = {"pod-security.kubernetes.io/enforce": "restricted"} if restricted else {}
-    try:
-        admin.request("POST", "/api/v1/namespaces", {"metadata": {"name": name, "labels": labels}})
-    except ApiError as exc:
-        if exc.status != 409:
-            raise
+    admin.create("/api/v1/namespaces", {"metadata": {"name": name, "labels": labels}})
 
 
 def create_s3_secret(admin: Api, namespace: str, name: str = S3_SECRET) -> None:
@@ -79,11 +75,7 @@ def create_s3_secret(admin: Api, namespace: str, name: str = S3_SECRET) -> None:
         "metadata": {"name": name},
         "data": {key: base64.b64encode(value.encode()).decode() for key, value in data.items()},
     }
-    try:
-        admin.request("POST", f"/api/v1/namespaces/{namespace}/secrets", secret)
-    except ApiError as exc:
-        if exc.status != 409:
-            raise
+    admin.create(f"/api/v1/namespaces/{namespace}/secrets", secret)
 
 
 @dataclass

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from tests.cluster.api import ApiError, eventually
-from tests.cluster.jobs import job_document, status, until_phase
+from tests.cluster.api import eventually
+from tests.cluster.jobs import job_document, patch_suspend, status, until_phase
 from tests.cluster.platform import create_namespace, create_s3_secret
 
 NAMESPACE = "team-kueue"
@@ -41,11 +41,7 @@ WORKLOAD_CRD = {
 
 @pytest.fixture(scope="module")
 def workload_crd(admin) -> None:
-    try:
-        admin.request("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", WORKLOAD_CRD)
-    except ApiError as exc:
-        if exc.status != 409:
-            raise
+    admin.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", WORKLOAD_CRD)
     eventually(lambda: admin.get(WORKLOADS, missing_ok=True) is not None, what="the Workload API to be served")
 
 
@@ -59,11 +55,6 @@ def _workload_active(admin, name: str) -> bool:
 
 def _condition(admin, type_: str) -> dict:
     return {c["type"]: c for c in status(admin, NAMESPACE, "queued").get("conditions", [])}.get(type_) or {}
-
-
-def _patch_suspend(kubectl, suspend: bool) -> None:
-    patch = '{"spec": {"runPolicy": {"suspend": %s}}}' % ("true" if suspend else "false")
-    kubectl.run("patch", "uj", "queued", "-n", NAMESPACE, "--type", "merge", "-p", patch)
 
 
 def test_a_queued_job_is_suspended_and_resumed_through_its_workload(
@@ -85,7 +76,7 @@ def test_a_queued_job_is_suspended_and_resumed_through_its_workload(
     }
     admin.request("POST", WORKLOADS, workload)
 
-    _patch_suspend(kubectl, True)
+    patch_suspend(kubectl, NAMESPACE, "queued", True)
     eventually(lambda: not _workload_active(admin, "job-queued-r0"), what="the Workload to be deactivated")
     requested = eventually(
         lambda: _condition(admin, "Suspended")["reason"] == "SuspendRequested", what="the suspension to be pending"
@@ -96,7 +87,7 @@ def test_a_queued_job_is_suspended_and_resumed_through_its_workload(
 
     admin.merge_patch(f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/queued-r0", {"spec": {"suspend": True}})
     until_phase(admin, node, NAMESPACE, "queued", "Suspended")
-    _patch_suspend(kubectl, False)
+    patch_suspend(kubectl, NAMESPACE, "queued", False)
     eventually(lambda: _workload_active(admin, "job-queued-r0"), what="the Workload to be active again")
 
     eventually(lambda: _condition(admin, "Running").get("reason") == "Queued", what="the job to wait for Kueue")

@@ -14,6 +14,7 @@ from tests.cluster.jobs import (
     get,
     job_document,
     mlflow_runs_of,
+    patch_suspend,
     status,
     until_phase,
 )
@@ -44,11 +45,6 @@ def _until_checkpoint(node, s3_server, output: str) -> list[int]:
     )
 
 
-def _patch_suspend(kubectl, name: str, suspend: bool) -> None:
-    patch = '{"spec": {"runPolicy": {"suspend": %s}}}' % ("true" if suspend else "false")
-    kubectl.run("patch", "uj", name, "-n", NAMESPACE, "--type", "merge", "-p", patch)
-
-
 def test_suspend_stops_the_pods_and_resume_continues_from_the_checkpoint(
     platform, admin, kubectl, node, user_namespace, s3_server, s3_scenario
 ):
@@ -56,7 +52,7 @@ def test_suspend_stops_the_pods_and_resume_continues_from_the_checkpoint(
     until_phase(admin, node, NAMESPACE, "pausable", "Running")
     _until_checkpoint(node, s3_server, s3_scenario["output"])
 
-    _patch_suspend(kubectl, "pausable", True)
+    patch_suspend(kubectl, NAMESPACE, "pausable", True)
     suspended = until_phase(admin, node, NAMESPACE, "pausable", "Suspended")
     assert admin.get(f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/pausable-r0")["spec"]["suspend"] is True
     eventually(
@@ -67,7 +63,7 @@ def test_suspend_stops_the_pods_and_resume_continues_from_the_checkpoint(
     stopped_at = checkpoint_steps(s3_server, s3_scenario["output"])[-1]
     assert {c["type"]: c["status"] for c in suspended["conditions"]}["Suspended"] == "True"
 
-    _patch_suspend(kubectl, "pausable", False)
+    patch_suspend(kubectl, NAMESPACE, "pausable", False)
     running = until_phase(admin, node, NAMESPACE, "pausable", "Running")
     assert {c["type"]: c["status"] for c in running["conditions"]}["Suspended"] == "False"
     assert running["reason"] != "JobSuspended", "the status after resume must show the real state"

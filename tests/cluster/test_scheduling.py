@@ -7,7 +7,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.cluster.api import ApiError
 from tests.cluster.jobs import job_document, until_phase
 from tests.cluster.node import LocalNode
 from tests.cluster.platform import create_namespace, create_s3_secret
@@ -41,11 +40,7 @@ def priority_class(admin) -> str:
         "metadata": {"name": "unlearning-urgent"},
         "value": 1000,
     }
-    try:
-        admin.request("POST", "/apis/scheduling.k8s.io/v1/priorityclasses", body)
-    except ApiError as exc:
-        if exc.status != 409:
-            raise
+    admin.create("/apis/scheduling.k8s.io/v1/priorityclasses", body)
     return "unlearning-urgent"
 
 
