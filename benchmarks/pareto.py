@@ -90,7 +90,8 @@ def _reference(task: tuple[str, int]) -> dict[str, Any]:
     """Evaluate the untouched model or the retrain oracle exactly like the runs (a 0-step evaluation)."""
     import torch
 
-    from unlearning_trainer.data.imagefolder import load_image_folder
+    from unlearning_trainer.data.images import load_images
+    from unlearning_trainer.data.sources import open_source
     from unlearning_trainer.demo import SCENARIO
     from unlearning_trainer.evaluation.evaluator import Evaluator
     from unlearning_trainer.evaluation.quality import DomainClassifier
@@ -102,8 +103,8 @@ def _reference(task: tuple[str, int]) -> dict[str, Any]:
     spec = parse_job(_job(VARIANTS["naive"], 0, 1, 1, samples, Path("unused"))).spec
     adapter = load_adapter(SCENARIO / label)
     data = SCENARIO / "data" / "glyph"
-    forget = load_image_folder(data / "forget", field="forget", image_shape=adapter.image_shape)
-    retain = load_image_folder(data / "retain", field="retain", image_shape=adapter.image_shape)
+    forget = load_images(open_source(data / "forget", field="forget"), adapter.image_shape)
+    retain = load_images(open_source(data / "retain", field="retain"), adapter.image_shape)
     with tempfile.TemporaryDirectory() as folder:
         evaluator = Evaluator(
             adapter,

@@ -78,6 +78,8 @@ def _unchanged(document: dict[str, Any]) -> None:
     return None
 
 
+_TRAIN_NOT_RETAIN = _both(_drop("spec.data.retain"), _set("spec.data.train", {"uri": "s3://datasets/digits/all/"}))
+
 _BASE_TEXT = (ROOT / "examples" / "unlearningjob.yaml").read_text()
 
 CASES = [
@@ -92,6 +94,14 @@ CASES = [
         "exponent-without-dot", _unchanged, None, raw=_BASE_TEXT.replace("learningRate: 5.0e-5", "learningRate: 5e-5")
     ),
     Case("warmup-with-cosine", _set("spec.training", {"lrScheduler": "cosine", "lrWarmupSteps": 10}), None),
+    Case("train-instead-of-retain", _TRAIN_NOT_RETAIN, None),
+    Case("train-with-near-duplicates", _both(_TRAIN_NOT_RETAIN, _set("spec.data.nearDuplicateDistance", 0.02)), None),
+    Case("train-with-retain-null", _both(_TRAIN_NOT_RETAIN, _set("spec.data.retain", None)), None),
+    Case(
+        "shards-and-parquet",
+        _both(_set("spec.data.retain.format", "webdataset"), _set("spec.data.forget.format", "parquet")),
+        None,
+    ),
     Case(
         "learning-rate-infinite",
         _unchanged,
@@ -135,6 +145,19 @@ CASES = [
     Case("s3-one-slash", _set("spec.data.retain.uri", "s3:/datasets/retain"), "spec.data.retain.uri"),
     Case("unsupported-scheme", _set("spec.output.uri", "gs://models/out"), "spec.output.uri"),
     Case("forget-is-a-string", _set("spec.data.forget", "s3://datasets/requests/42/"), "spec.data.forget"),
+    Case("train-and-retain", _set("spec.data.train", {"uri": "s3://datasets/digits/all/"}), "spec.data"),
+    Case("neither-train-nor-retain", _drop("spec.data.retain"), "spec.data"),
+    Case(
+        "near-duplicates-without-train",
+        _set("spec.data.nearDuplicateDistance", 0.02),
+        "spec.data.nearDuplicateDistance",
+    ),
+    Case(
+        "near-duplicate-distance-above-1",
+        _both(_TRAIN_NOT_RETAIN, _set("spec.data.nearDuplicateDistance", 1.5)),
+        "spec.data.nearDuplicateDistance",
+    ),
+    Case("unknown-data-format", _set("spec.data.retain.format", "tfrecord"), "spec.data.retain.format"),
     Case("unknown-spec-field", _set("spec.priority", "high"), "spec.priority"),
     Case("snake-case-field", _set("spec.training.batch_size", 32), "batch_size"),
     Case("output-is-the-model", _set("spec.output.uri", "s3://models/ddpm-digits"), "spec.output.uri"),

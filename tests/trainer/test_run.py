@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDPMPipeline
+from PIL import Image
 from safetensors.torch import load_file
 
 from tests.conftest import copy_scenario, write_job
@@ -47,7 +49,15 @@ def test_run_writes_a_pipeline_that_diffusers_loads_and_a_metrics_file(workspace
     assert [entry["step"] for entry in metrics["history"]] == [0, 2, 4]
     for key in ("memorization_rate", "forget_loss", "retain_loss", "forget_nll_bpd", "min_forget_distance"):
         assert np.isfinite(metrics["before"][key]) and np.isfinite(metrics["after"][key])
-    assert metrics["data"] == {"forget": 3, "forgetUnique": 1, "retain": 48}
+    data = metrics["data"]
+    assert (data["retainFrom"], data["forget"], data["forgetUnique"], data["scanned"], data["retain"]) == (
+        "retain",
+        3,
+        1,
+        48,
+        48,
+    )
+    assert data["excluded"] == 0 and data["exactCopies"] == 0 and data["nearestKeptDistance"] > 2.0
     assert metrics["spec"]["method"]["name"] == "siss"
     assert sorted(p.name for p in (out / "samples").iterdir()) == [f"step-00000{i}.png" for i in (0, 2, 4)]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
@@ -85,6 +95,70 @@ def test_invalid_spec_exits_2_with_the_field(workspace, job_document):
     result = unlearn("run", str(write_job(workspace, job_document)))
     assert result.returncode == 2
     assert "spec.method.name" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_training_set_with_the_forget_images_gives_the_run_a_hand_made_retain_set_gives(workspace, job_document):
+    """data.train = retain ∪ forget (re-encoded): the copies are excluded and training is identical, bit for bit."""
+    train = shutil.copytree(workspace / "retain", workspace / "train")
+    for index, path in enumerate(sorted((workspace / "forget").glob("*.png"))):
+        with Image.open(path) as image:
+            image.save(train / f"0-request-{index}.png", optimize=True, compress_level=9)
+    by_retain = run_job(resolve_local_uris(parse_job(job_document), workspace), show_progress=False).metrics
+    by_train = copy.deepcopy(job_document)
+    by_train["spec"]["data"] = {"forget": {"uri": "forget"}, "train": {"uri": "train"}}
+    by_train["spec"]["output"]["uri"] = "out-train"
+    result = run_job(resolve_local_uris(parse_job(by_train), workspace), show_progress=False)
+    data = result.metrics["data"]
+    assert (data["retainFrom"], data["scanned"], data["exactCopies"], data["excluded"], data["retain"]) == (
+        "train",
+        51,
+        3,
+        3,
+        48,
+    )
+    assert data["forgetFound"] == 1 and data["warnings"] == []
+    timeless = [{k: v for k, v in entry.items() if k != "eval_seconds"} for entry in by_retain["history"]]
+    assert [{k: v for k, v in entry.items() if k != "eval_seconds"} for entry in result.metrics["history"]] == timeless
+    trained = load_file(workspace / "out-train" / "unet" / "diffusion_pytorch_model.safetensors")
+    reference = load_file(workspace / "out" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(trained[key], reference[key]) for key in reference)
+    record = json.loads((workspace / "out-train" / "audit.json").read_text())["data"]
+    assert (record["retainFrom"], record["scanned"], record["retained"], record["excludedExactCopies"]) == (
+        "train",
+        51,
+        48,
+        3,
+    )
+    report = unlearn("report", str(workspace / "out-train"))
+    assert "retained 48 of 51 training images: 3 excluded (3 copies, 0 near-duplicates)" in report.stdout
+
+
+def test_the_pass_over_the_data_warns_about_what_needs_a_look(workspace, job_document, caplog):
+    """Forget copies left in a retain set, and a memorization threshold above the nearest retained image."""
+    shutil.copy(sorted((workspace / "forget").glob("*.png"))[0], workspace / "retain" / "stray-copy.png")
+    job_document["spec"]["evaluation"]["memorizationThreshold"] = 50.0
+    job_document["spec"]["training"]["steps"] = 2
+    metrics = run_job(resolve_local_uris(parse_job(job_document), workspace), show_progress=False).metrics
+    warnings = metrics["data"]["warnings"]
+    assert len(warnings) == 2
+    assert "spec.data.retain.uri holds 1 copies of forget images" in warnings[0] and "spec.data.train" in warnings[0]
+    nearest = metrics["data"]["nearestKeptDistance"]
+    expected = "memorizationThreshold (50) is not below the distance from the nearest kept image to a forget image"
+    assert f"{expected} ({nearest:.3g})" in warnings[1]
+    assert all(warning in caplog.text for warning in warnings)
+
+
+def test_a_training_set_missing_the_forget_images_is_flagged(workspace, job_document):
+    job_document["spec"]["data"] = {"forget": {"uri": "forget"}, "train": {"uri": "retain"}}
+    job_document["spec"]["training"]["steps"] = 2
+    metrics = run_job(resolve_local_uris(parse_job(job_document), workspace), show_progress=False).metrics
+    assert metrics["data"]["forgetFound"] == 0 and metrics["data"]["excluded"] == 0
+    assert "1 of the 1 distinct forget images have no copy in spec.data.train.uri" in metrics["data"]["warnings"][0]
+
+
+def test_a_training_set_of_nothing_but_forget_images(workspace, job_document):
+    job_document["spec"]["data"] = {"forget": {"uri": "forget"}, "train": {"uri": "forget"}}
+    _expect_data_error(workspace, job_document, "spec.data.train.uri", "nothing is left to keep", "Fix:")
 
 
 def _expect_data_error(workspace: Path, job_document, *fragments: str) -> None:

@@ -10,7 +10,8 @@ import torch
 from diffusers import DDPMPipeline
 
 from unlearning_trainer import demo
-from unlearning_trainer.data.imagefolder import load_image_folder
+from unlearning_trainer.data.images import load_images
+from unlearning_trainer.data.sources import open_source
 from unlearning_trainer.evaluation import quality
 from unlearning_trainer.scenarios import digits
 
@@ -37,7 +38,7 @@ def test_manifest_check_catches_a_changed_file(tmp_path):
 def test_shipped_data_is_what_the_build_script_makes(case):
     expected = digits.cases()[case]
     for name in ("forget", "retain"):
-        shipped = load_image_folder(demo.SCENARIO / "data" / case / name, field=name, image_shape=(1, 16, 16))
+        shipped = load_images(open_source(demo.SCENARIO / "data" / case / name, field=name), (1, 16, 16))
         assert np.array_equal(shipped.pixels[:, 0].numpy(), expected[name])
 
 

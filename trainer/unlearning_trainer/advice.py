@@ -1,7 +1,10 @@
 """Settings that are valid but probably not what the user meant: a warning with the reason for each, shown by
-`unlearn validate` and `unlearn run` and posted as a Warning Event by the operator. Pure, no torch."""
+`unlearn validate` and `unlearn run` and posted as a Warning Event by the operator; and, once the data has been
+read, what it says about the spec. Pure, no torch."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from unlearning_trainer.spec import UnlearningJobSpec
 
@@ -24,4 +27,29 @@ def spec_warnings(spec: UnlearningJobSpec) -> list[str]:
         warnings.append(LAMBDA_0)
     if spec.method.name == "siss" and spec.method.lambda_ == 1.0:
         warnings.append(LAMBDA_1)
+    return warnings
+
+
+def data_warnings(spec: UnlearningJobSpec, census: Any, *, forget_unique: int, excluding: bool) -> list[str]:
+    """What the pass over the retained data found that the user should look at (`census`: a data.exclusion.Census)."""
+    warnings = []
+    if excluding and census.forget_found < forget_unique:
+        warnings.append(
+            f"{forget_unique - census.forget_found} of the {forget_unique} distinct forget images have no copy in "
+            "spec.data.train.uri: check that it is the model's training set; if the copies there were re-encoded "
+            "lossily or edited, set spec.data.nearDuplicateDistance (e.g. 0.02) to find them"
+        )
+    if not excluding and census.exact_copies + census.near_duplicates:
+        warnings.append(
+            f"spec.data.retain.uri holds {census.exact_copies} copies of forget images, which the method will both "
+            "keep and forget; remove them, or name the training set as spec.data.train and the trainer leaves "
+            "them out"
+        )
+    threshold = spec.evaluation.memorization_threshold
+    if census.nearest_distance is not None and threshold >= census.nearest_distance:
+        warnings.append(
+            f"spec.evaluation.memorizationThreshold ({threshold:g}) is not below the distance from the nearest kept "
+            f"image to a forget image ({census.nearest_distance:.3g}), so ordinary samples can count as memorized "
+            f"copies; choose a threshold below {census.nearest_distance:.3g} (half of it is a safe start)"
+        )
     return warnings

@@ -119,6 +119,7 @@ def build_record(
             "output": spec.output.uri,
             "sha256After": model_after,
         },
+        "data": _data_section(job, metrics.get("data")),
         "method": spec.method.model_dump(by_alias=True),
         "training": spec.training.model_dump(by_alias=True),
         "samplingForm": metrics.get("samplingForm"),
@@ -133,6 +134,26 @@ def build_record(
     }
 
 
+def _data_section(job: UnlearningJob, data: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Where the retained data came from and what the pass over it found (counts, never images)."""
+    if data is None:
+        return None
+    spec = job.spec.data
+    location = spec.train if spec.train is not None else spec.retain
+    return {
+        "retainFrom": data["retainFrom"],
+        "uri": location.uri if location is not None else None,
+        "scanned": data["scanned"],
+        "retained": data["retain"],
+        "excludedExactCopies": data["exactCopies"] if data["excluded"] else 0,
+        "excludedNearDuplicates": data["nearDuplicates"] if data["excluded"] else 0,
+        "nearDuplicateDistance": spec.near_duplicate_distance,
+        "forgetImagesFound": data["forgetFound"],
+        "nearestRetainedDistance": data["nearestKeptDistance"],
+        "warnings": data["warnings"],
+    }
+
+
 def render(record: dict[str, Any]) -> str:
     """A human-readable summary of an audit record, for `unlearn report`."""
     request = record["request"]
@@ -144,6 +165,7 @@ def render(record: dict[str, Any]) -> str:
         f"  method {record['method']['name']} "
         + ", ".join(f"{k}={v}" for k, v in record["method"].items() if k != "name" and v is not None),
         f"  forgot {record['forgotten']['count']} files ({record['forgotten']['distinct']} distinct)",
+        *_render_data(record.get("data")),
         f"  model {record['model']['uri']} sha256 {record['model']['sha256Before'][:16]}…",
         f"     -> {record['model']['output']} sha256 {(record['model']['sha256After'] or 'none')[:16]}…",
     ]
@@ -161,3 +183,17 @@ def render(record: dict[str, Any]) -> str:
     lines.append("  limits of this evidence:")
     lines.extend(f"    - {limit}" for limit in record["limits"])
     return "\n".join(lines)
+
+
+def _render_data(data: dict[str, Any] | None) -> list[str]:
+    if not data:
+        return []
+    if data["retainFrom"] == "train":
+        excluded = data["excludedExactCopies"] + data["excludedNearDuplicates"]
+        line = (
+            f"  retained {data['retained']} of {data['scanned']} training images: {excluded} excluded "
+            f"({data['excludedExactCopies']} copies, {data['excludedNearDuplicates']} near-duplicates)"
+        )
+    else:
+        line = f"  retained {data['retained']} images of the given retain set"
+    return [line, *(f"  warning: {warning}" for warning in data["warnings"])]

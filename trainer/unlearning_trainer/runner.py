@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from unlearning_trainer import __version__, audit
+from unlearning_trainer.advice import data_warnings
+from unlearning_trainer.errors import DataError
 from unlearning_trainer.spec import UnlearningJob, dump_job
 from unlearning_trainer.storage.base import checkpoint_mirror_for, storage_for
 from unlearning_trainer.tracking.base import FanOutTracker, LogTracker, NullTracker, Tracker
@@ -43,8 +45,9 @@ def resolve_local_uris(job: UnlearningJob, base: Path) -> UnlearningJob:
     spec = job.spec
     data = spec.data.model_copy(
         update={
-            "forget": spec.data.forget.model_copy(update={"uri": resolve(spec.data.forget.uri)}),
-            "retain": spec.data.retain.model_copy(update={"uri": resolve(spec.data.retain.uri)}),
+            name: location.model_copy(update={"uri": resolve(location.uri)})
+            for name in ("forget", "train", "retain")
+            if (location := getattr(spec.data, name)) is not None
         }
     )
     evaluation = spec.evaluation
@@ -62,7 +65,7 @@ def resolve_local_uris(job: UnlearningJob, base: Path) -> UnlearningJob:
     return job.model_copy(update={"spec": spec})
 
 
-def _params(job: UnlearningJob, forget_size: int, forget_unique: int, retain_size: int) -> dict[str, Any]:
+def _params(job: UnlearningJob, data: dict[str, Any]) -> dict[str, Any]:
     spec = job.spec
     method = spec.method.model_dump(by_alias=True)
     training = spec.training.model_dump(by_alias=True)
@@ -71,9 +74,11 @@ def _params(job: UnlearningJob, forget_size: int, forget_unique: int, retain_siz
         **{f"training.{key}": value for key, value in training.items()},
         "workers": spec.workers,
         "samplingForm": SAMPLING_FORM,
-        "data.forgetSize": forget_size,
-        "data.forgetUnique": forget_unique,
-        "data.retainSize": retain_size,
+        "data.retainFrom": data["retainFrom"],
+        "data.forgetSize": data["forget"],
+        "data.forgetUnique": data["forgetUnique"],
+        "data.retainSize": data["retain"],
+        "data.excluded": data["excluded"],
         "codeVersion": __version__,
     }
 
@@ -116,7 +121,8 @@ def run_job(
     import torch
     from accelerate import Accelerator
 
-    from unlearning_trainer.data.imagefolder import load_image_folder
+    from unlearning_trainer.data.images import load_images
+    from unlearning_trainer.data.sources import open_source
     from unlearning_trainer.evaluation.evaluator import Evaluator
     from unlearning_trainer.models.loading import load_adapter
     from unlearning_trainer.training.loop import TrainingData, train
@@ -139,16 +145,15 @@ def run_job(
     try:
         model_dir = fetch(spec.model.uri, "spec.model.uri")
         adapter = load_adapter(model_dir)
-        forget = load_image_folder(
-            fetch(spec.data.forget.uri, "spec.data.forget.uri"),
-            field="spec.data.forget.uri",
-            image_shape=adapter.image_shape,
+        forget = load_images(
+            open_source(
+                fetch(spec.data.forget.uri, "spec.data.forget.uri"),
+                field="spec.data.forget.uri",
+                fmt=spec.data.forget.format,
+            ),
+            adapter.image_shape,
         )
-        retain = load_image_folder(
-            fetch(spec.data.retain.uri, "spec.data.retain.uri"),
-            field="spec.data.retain.uri",
-            image_shape=adapter.image_shape,
-        )
+        retain, data_summary = _retain_set(spec, fetch, adapter.image_shape, forget)
         logger.info(
             "loaded %s model %s; forget set %d images (%d distinct), retain set %d images",
             adapter.kind,
@@ -158,7 +163,7 @@ def run_job(
             len(retain),
         )
         adapter.to(accelerator.device)
-        tracker.log_params(_params(job, len(forget), len(forget.unique()), len(retain)))
+        tracker.log_params(_params(job, data_summary))
         classifier = None
         if spec.evaluation.classifier is not None:
             from unlearning_trainer.evaluation.quality import DomainClassifier
@@ -194,7 +199,7 @@ def run_job(
             "trainSeconds": result.train_seconds,
             "seconds": time.perf_counter() - started,
             "samplingForm": SAMPLING_FORM,
-            "data": {"forget": len(forget), "forgetUnique": len(forget.unique()), "retain": len(retain)},
+            "data": data_summary,
             "before": result.history[0] if result.history and result.history[0]["step"] == 0 else None,
             "after": result.history[-1] if result.history else None,
             "history": result.history,
@@ -208,6 +213,49 @@ def run_job(
         raise
     accelerator.wait_for_everyone()
     return RunResult(output=workdir, metrics=metrics)
+
+
+def _retain_set(spec: Any, fetch: Any, image_shape: tuple[int, int, int], forget: Any) -> tuple[Any, dict[str, Any]]:
+    """The streamed retain set (the training set minus the forget images, or the given retain set) and the
+    census of the pass that built it, with warnings for what the user should look at."""
+    from unlearning_trainer.data.exclusion import scan
+    from unlearning_trainer.data.images import StreamedImages
+    from unlearning_trainer.data.sources import open_source
+
+    field, location = spec.data.kept
+    source = open_source(fetch(location.uri, field), field=field, fmt=location.format)
+    excluding = spec.data.train is not None
+    step = max(1, len(source) // 10)
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done // step != (done - 1) // step:
+            logger.info("checked %d of %d images of %s", done, total, field)
+
+    census = scan(
+        source,
+        forget,
+        image_shape,
+        exclude=excluding,
+        near_duplicate_distance=spec.data.near_duplicate_distance,
+        progress=progress if len(source) >= 1000 else None,
+    )
+    if not len(census.kept):
+        raise DataError(
+            f"{field}: every image in it is a copy of a forget image, so nothing is left to keep. Fix: point "
+            "data.train at the whole training set."
+        )
+    warnings = data_warnings(spec, census, forget_unique=len(forget.unique()), excluding=excluding)
+    for warning in warnings:
+        logger.warning("%s", warning)
+    summary = {
+        "retainFrom": "train" if excluding else "retain",
+        "forget": len(forget),
+        "forgetUnique": len(forget.unique()),
+        "retain": len(census.kept),
+        **census.summary(excluded=excluding),
+        "warnings": warnings,
+    }
+    return StreamedImages(source, census.kept, image_shape), summary
 
 
 def _finish(

@@ -69,9 +69,79 @@ class ModelSource(Location):
     """A diffusers pipeline folder with safetensors weights."""
 
 
+DataFormat = Literal["auto", "imagefolder", "webdataset", "parquet"]
+
+ONE_OF_TRAIN_OR_RETAIN = (
+    "spec.data needs exactly one of train (the model's training set: the trainer removes the forget images from "
+    "it) or retain (a set you made that already leaves them out). Fix: keep one of the two."
+)
+NEAR_DUPLICATES_NEED_TRAIN = (
+    "spec.data.nearDuplicateDistance only applies to data.train (the set the forget images are removed from). "
+    "Fix: name the training set as data.train, or drop nearDuplicateDistance."
+)
+
+
+class DataLocation(Location):
+    format: DataFormat = Field(
+        default="auto",
+        description=(
+            "imagefolder (image files, captions in metadata.jsonl), webdataset (.tar shards: image and .txt caption "
+            "per key) or parquet (Hugging Face datasets files); auto picks parquet if the folder holds .parquet "
+            "files, else webdataset if it holds .tar files, else imagefolder."
+        ),
+    )
+
+
 class DataSpec(WireModel):
-    forget: Location = Field(description="Image folder (HF imagefolder layout) with the data to forget.")
-    retain: Location = Field(description="Image folder with the data to keep (the training set minus the forget set).")
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel_rule("has(self.train) != has(self.retain)", ONE_OF_TRAIN_OR_RETAIN),
+                cel_rule(
+                    "self.nearDuplicateDistance == 0.0 || has(self.train)",
+                    NEAR_DUPLICATES_NEED_TRAIN,
+                    ".nearDuplicateDistance",
+                ),
+            ]
+        }
+    )
+
+    forget: DataLocation = Field(description="The images to forget (with their captions, for text-to-image models).")
+    train: DataLocation | None = Field(
+        default=None,
+        description=(
+            "The model's training set; the retain set is this minus every image whose decoded pixels equal a "
+            "forget image's (and near-duplicates, see nearDuplicateDistance). Give this or retain."
+        ),
+    )
+    retain: DataLocation | None = Field(
+        default=None, description="The data to keep, already without the forget images. Give this or train."
+    )
+    near_duplicate_distance: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "With train: also exclude images within this root-mean-square distance per pixel (pixels in [0, 1]) of "
+            "a forget image, e.g. 0.02 for re-saved JPEGs; 0 excludes exact copies only."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _one_source_of_retained_data(self) -> DataSpec:
+        if (self.train is None) == (self.retain is None):
+            raise ValueError(ONE_OF_TRAIN_OR_RETAIN)
+        if self.near_duplicate_distance and self.train is None:
+            raise ValueError(NEAR_DUPLICATES_NEED_TRAIN)
+        return self
+
+    @property
+    def kept(self) -> tuple[str, DataLocation]:
+        """The spec field and location the retain set comes from."""
+        if self.train is not None:
+            return "spec.data.train.uri", self.train
+        assert self.retain is not None
+        return "spec.data.retain.uri", self.retain
 
 
 class MethodSpec(WireModel):

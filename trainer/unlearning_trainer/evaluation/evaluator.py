@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from unlearning_trainer.data.imagefolder import ImageSet
+from unlearning_trainer.data.images import Images, ImageSet
 from unlearning_trainer.data.sampling import InfiniteSampler, generator_for
 from unlearning_trainer.errors import SpecError
 from unlearning_trainer.evaluation import grids, likelihood, metrics, quality
@@ -29,7 +29,7 @@ class Evaluator:
         spec: EvaluationSpec,
         *,
         forget: ImageSet,
-        retain: ImageSet,
+        retain: Images,
         samples_dir: Path,
         device: torch.device,
         classifier: quality.DomainClassifier | None = None,
@@ -46,9 +46,8 @@ class Evaluator:
         self.classifier = classifier
         self.forget = forget.unique()
         subset = InfiniteSampler(len(retain), spec.seed).indices(0, min(spec.retain_images, len(retain)))
-        self.retain_images = retain.batch(subset)
-        self.retain_captions = retain.captions_at(subset)
-        self.forget_images = self.forget.batch(torch.arange(len(self.forget)))
+        self.retain_images, self.retain_captions = retain.take(subset)
+        self.forget_images, _ = self.forget.take(torch.arange(len(self.forget)))
         self.forget_pixels = (self.forget_images + 1) / 2
         total = len(adapter.alphas_cumprod)
         self.grid = torch.linspace(0, total - 1, spec.timestep_grid).round().long()
@@ -88,7 +87,7 @@ class Evaluator:
         values = []
         for index in range(len(self.forget)):
             image = self.adapter.to_diffusion_space(self.forget_images[index : index + 1].to(self.device))[0]
-            denoise = self.adapter.denoiser(unet, self.forget.captions_at(torch.tensor([index])))
+            denoise = self.adapter.denoiser(unet, self.forget.take(torch.tensor([index]))[1])
             generator = generator_for(self.spec.seed, 2, index)
             if self.spec.nll.method == "vlb":
                 nats = likelihood.vlb_nll(

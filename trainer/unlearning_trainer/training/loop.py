@@ -19,7 +19,7 @@ from accelerate import Accelerator
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
-from unlearning_trainer.data.imagefolder import ImageSet
+from unlearning_trainer.data.images import Images
 from unlearning_trainer.data.sampling import InfiniteSampler, generator_for, seed_for
 from unlearning_trainer.evaluation.evaluator import Evaluator
 from unlearning_trainer.models.adapter import DiffusionAdapter
@@ -41,8 +41,8 @@ RESUMED_METRIC = "progress/resumedFrom"
 
 @dataclass(frozen=True)
 class TrainingData:
-    retain: ImageSet
-    forget: ImageSet
+    retain: Images
+    forget: Images
 
 
 @dataclass
@@ -97,16 +97,18 @@ def _micro_batches(
         index = step * accumulation + micro
         keep_idx = samplers[0].micro_batch(index, global_size, rank=rank, world_size=world)
         forget_idx = samplers[1].micro_batch(index, global_size, rank=rank, world_size=world)
-        keep = adapter.to_diffusion_space(data.retain.batch(keep_idx).to(accelerator.device))
-        forget = adapter.to_diffusion_space(data.forget.batch(forget_idx).to(accelerator.device))
+        keep_images, keep_captions = data.retain.take(keep_idx)
+        forget_images, forget_captions = data.forget.take(forget_idx)
+        keep = adapter.to_diffusion_space(keep_images.to(accelerator.device))
+        forget = adapter.to_diffusion_space(forget_images.to(accelerator.device))
         generator = generator_for(spec.training.seed, step, micro)
         noise = draw_noise((global_size, *keep.shape[1:]), adapter.alphas_cumprod, generator)
         batches.append(
             MicroBatch(
                 keep=keep,
                 forget=forget,
-                denoise_keep=adapter.denoiser(unet, data.retain.captions_at(keep_idx)),
-                denoise_forget=adapter.denoiser(unet, data.forget.captions_at(forget_idx)),
+                denoise_keep=adapter.denoiser(unet, keep_captions),
+                denoise_forget=adapter.denoiser(unet, forget_captions),
                 noise=noise.rows(rank * local, (rank + 1) * local).to(accelerator.device),
             )
         )
