@@ -9,8 +9,9 @@ import pytest
 import torch
 from diffusers.optimization import get_scheduler
 
-from unlearning_trainer.data.imagefolder import load_image_folder
+from unlearning_trainer.data.images import load_images
 from unlearning_trainer.data.sampling import InfiniteSampler, generator_for
+from unlearning_trainer.data.sources import open_source
 from unlearning_trainer.errors import DataError
 from unlearning_trainer.scenarios import builders
 from unlearning_trainer.training import checkpoints
@@ -44,22 +45,22 @@ def test_image_folder_reads_captions_and_digests(tmp_path):
     builders.write_image_folder(np.stack([np.full((4, 4), v, np.uint8) for v in (0, 255, 255)]), tmp_path)
     rows = [{"file_name": "img-00000.png", "text": "dark"}, {"file_name": "img-00001.png", "text": "bright"}]
     (tmp_path / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    images = load_image_folder(tmp_path, field="spec.data.forget.uri", image_shape=(1, 4, 4))
+    images = load_images(open_source(tmp_path, field="spec.data.forget.uri"), (1, 4, 4))
     assert len(images) == 3 and images.captions == ["dark", "bright", ""]
-    assert images.batch(torch.tensor([0, 1])).flatten().unique().tolist() == [-1.0, 1.0]
+    assert images.take(torch.tensor([0, 1]))[0].flatten().unique().tolist() == [-1.0, 1.0]
     assert len(images.unique()) == 2 and images.digests[1] == images.digests[2]
 
 
 def test_image_folder_converts_rgb_for_a_one_channel_model(tmp_path):
     builders.write_image_folder(np.zeros((2, 4, 4, 3), np.uint8), tmp_path)
-    assert load_image_folder(tmp_path, field="f", image_shape=(1, 4, 4)).pixels.shape == (2, 1, 4, 4)
+    assert load_images(open_source(tmp_path, field="f"), (1, 4, 4)).pixels.shape == (2, 1, 4, 4)
 
 
 def test_metadata_rows_need_a_file_name(tmp_path):
     builders.write_image_folder(np.zeros((1, 4, 4), np.uint8), tmp_path)
     (tmp_path / "metadata.jsonl").write_text('{"text": "no name"}\n')
     with pytest.raises(DataError, match="file_name"):
-        load_image_folder(tmp_path, field="f", image_shape=(1, 4, 4))
+        open_source(tmp_path, field="f")
 
 
 def _model_and_optimizer(seed: int, steps: int = 1):

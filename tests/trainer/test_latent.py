@@ -108,3 +108,29 @@ def test_the_probability_flow_likelihood_is_refused_for_latents(text_to_image_sc
     result = _run(write_job(tmp_path, job_document))
     assert result.returncode == 2
     assert "spec.evaluation.nll.method" in result.stderr and "Fix: use vlb" in result.stderr
+
+
+def test_memorization_is_looked_for_under_every_distinct_forget_caption(text_to_image_scenario, tmp_path):
+    """A takedown of two captioned images: the samples are split over both captions, each its own seed."""
+    from unlearning_trainer.data.images import load_images
+    from unlearning_trainer.data.sources import open_source
+    from unlearning_trainer.evaluation.evaluator import Evaluator
+    from unlearning_trainer.spec import EvaluationSpec
+
+    adapter = load_adapter(text_to_image_scenario / "model")
+    forget = load_images(open_source(text_to_image_scenario / "forget", field="f"), adapter.image_shape)
+    forget = type(forget)(forget.pixels, forget.names, ["1", "2", "3"], ["a red x", "a red x", "a boxed cross"])
+    retain = load_images(open_source(text_to_image_scenario / "retain", field="r"), adapter.image_shape)
+    spec = EvaluationSpec(num_samples=5, inference_steps=2)
+    evaluator = Evaluator(adapter, spec, forget=forget, retain=retain, samples_dir=tmp_path, device=torch.device("cpu"))
+    calls = []
+    original = adapter.generate
+
+    def spy(unet, count, **options):
+        calls.append((options["prompt"], count, options["seed"]))
+        return original(unet, count, **options)
+
+    adapter.generate = spy
+    samples = evaluator.generate(adapter.unet)
+    assert calls == [("a red x", 3, 0), ("a boxed cross", 2, 1)]
+    assert samples.shape == (5, *adapter.image_shape)

@@ -77,6 +77,57 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_data(args: argparse.Namespace) -> int:
+    from unlearning_trainer.data.prepare import prepare_data
+    from unlearning_trainer.models.loading import load_adapter
+    from unlearning_trainer.runner import resolve_local_uris
+    from unlearning_trainer.storage.base import storage_for
+
+    job = resolve_local_uris(load_job(args.job), Path(args.job).resolve().parent)
+    spec = job.spec
+
+    def fetch(uri: str, field: str) -> Path:
+        return storage_for(uri, endpoint=spec.storage.endpoint).fetch(uri, field=field)
+
+    adapter = load_adapter(fetch(spec.model.uri, "spec.model.uri"))
+    _, _, summary = prepare_data(spec, fetch, adapter.image_shape)
+    if args.json:
+        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+        return 0
+    sys.stdout.write(describe_data(summary, adapter.image_shape, spec.evaluation.memorization_threshold))
+    return 0
+
+
+def describe_data(summary: dict, image_shape: tuple[int, int, int], threshold: float) -> str:
+    """What `unlearn check-data` prints: the sets, what was excluded, and the room for the threshold."""
+    values = image_shape[0] * image_shape[1] * image_shape[2]
+    lines = [f"forget set: {summary['forget']} images ({summary['forgetUnique']} distinct)"]
+    if summary["retainFrom"] == "train":
+        lines.append(
+            f"training set: {summary['scanned']} images; excluded {summary['excluded']} "
+            f"({summary['exactCopies']} copies, {summary['nearDuplicates']} near-duplicates); retain set "
+            f"{summary['retain']} images"
+        )
+        lines.append(f"forget images found in the training set: {summary['forgetFound']} of {summary['forgetUnique']}")
+    else:
+        lines.append(
+            f"retain set: {summary['retain']} images, {summary['exactCopies']} of them copies of forget images"
+        )
+    nearest = summary["nearestKeptDistance"]
+    if nearest is not None:
+        lines.append(
+            f"nearest retained image to a forget image: L2 {nearest:.3g} over {values} pixel values in [0, 1] "
+            f"(RMS {nearest / values**0.5:.3g} per value)"
+        )
+        verdict = "below it: fine" if threshold < nearest else "NOT below it: lower it"
+        lines.append(
+            f"evaluation.memorizationThreshold: {threshold:g}, {verdict} (half the nearest distance, "
+            f"{nearest / 2:.3g}, is a safe start)"
+        )
+    lines.extend(f"warning: {warning}" for warning in summary["warnings"])
+    return "\n".join(lines) + "\n"
+
+
 def _report(args: argparse.Namespace) -> int:
     from unlearning_trainer import audit
     from unlearning_trainer.storage.base import storage_for
@@ -129,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("job", help="UnlearningJob YAML file")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     run.set_defaults(handler=_run)
+
+    check = commands.add_parser(
+        "check-data", help="read the job's data once: exclusions, warnings and the room for memorizationThreshold"
+    )
+    check.add_argument("job", help="UnlearningJob YAML file")
+    check.add_argument("--json", action="store_true", help="print the summary as JSON")
+    check.set_defaults(handler=_check_data)
 
     report = commands.add_parser("report", help="print the audit record of a finished job")
     report.add_argument("output", help="the job's spec.output.uri (local path or s3://)")

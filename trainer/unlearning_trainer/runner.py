@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from unlearning_trainer import __version__, audit
-from unlearning_trainer.advice import data_warnings
-from unlearning_trainer.errors import DataError
 from unlearning_trainer.spec import UnlearningJob, dump_job
 from unlearning_trainer.storage.base import checkpoint_mirror_for, storage_for
 from unlearning_trainer.tracking.base import FanOutTracker, LogTracker, NullTracker, Tracker
@@ -121,8 +119,7 @@ def run_job(
     import torch
     from accelerate import Accelerator
 
-    from unlearning_trainer.data.images import load_images
-    from unlearning_trainer.data.sources import open_source
+    from unlearning_trainer.data.prepare import prepare_data
     from unlearning_trainer.evaluation.evaluator import Evaluator
     from unlearning_trainer.models.loading import load_adapter
     from unlearning_trainer.training.loop import TrainingData, train
@@ -145,15 +142,7 @@ def run_job(
     try:
         model_dir = fetch(spec.model.uri, "spec.model.uri")
         adapter = load_adapter(model_dir)
-        forget = load_images(
-            open_source(
-                fetch(spec.data.forget.uri, "spec.data.forget.uri"),
-                field="spec.data.forget.uri",
-                fmt=spec.data.forget.format,
-            ),
-            adapter.image_shape,
-        )
-        retain, data_summary = _retain_set(spec, fetch, adapter.image_shape, forget)
+        forget, retain, data_summary = prepare_data(spec, fetch, adapter.image_shape)
         logger.info(
             "loaded %s model %s; forget set %d images (%d distinct), retain set %d images",
             adapter.kind,
@@ -213,49 +202,6 @@ def run_job(
         raise
     accelerator.wait_for_everyone()
     return RunResult(output=workdir, metrics=metrics)
-
-
-def _retain_set(spec: Any, fetch: Any, image_shape: tuple[int, int, int], forget: Any) -> tuple[Any, dict[str, Any]]:
-    """The streamed retain set (the training set minus the forget images, or the given retain set) and the
-    census of the pass that built it, with warnings for what the user should look at."""
-    from unlearning_trainer.data.exclusion import scan
-    from unlearning_trainer.data.images import StreamedImages
-    from unlearning_trainer.data.sources import open_source
-
-    field, location = spec.data.kept
-    source = open_source(fetch(location.uri, field), field=field, fmt=location.format)
-    excluding = spec.data.train is not None
-    step = max(1, len(source) // 10)
-
-    def progress(done: int, total: int) -> None:
-        if done == total or done // step != (done - 1) // step:
-            logger.info("checked %d of %d images of %s", done, total, field)
-
-    census = scan(
-        source,
-        forget,
-        image_shape,
-        exclude=excluding,
-        near_duplicate_distance=spec.data.near_duplicate_distance,
-        progress=progress if len(source) >= 1000 else None,
-    )
-    if not len(census.kept):
-        raise DataError(
-            f"{field}: every image in it is a copy of a forget image, so nothing is left to keep. Fix: point "
-            "data.train at the whole training set."
-        )
-    warnings = data_warnings(spec, census, forget_unique=len(forget.unique()), excluding=excluding)
-    for warning in warnings:
-        logger.warning("%s", warning)
-    summary = {
-        "retainFrom": "train" if excluding else "retain",
-        "forget": len(forget),
-        "forgetUnique": len(forget.unique()),
-        "retain": len(census.kept),
-        **census.summary(excluded=excluding),
-        "warnings": warnings,
-    }
-    return StreamedImages(source, census.kept, image_shape), summary
 
 
 def _finish(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from unlearning_trainer.data.images import Images, ImageSet
@@ -114,21 +115,33 @@ class Evaluator:
             values.append(metrics.bits_per_dim(nats, image.numel()).item())
         return sum(values) / len(values)
 
+    def generate(self, unet: torch.nn.Module) -> torch.Tensor:
+        """`numSamples` samples; for a text-conditioned model, split evenly over the distinct forget captions
+        (the i-th caption's share drawn with seed + i), so every requested image is looked for."""
+        prompts = [None] if self.forget.captions is None else list(dict.fromkeys(self.forget.captions))
+        shares = [len(part) for part in np.array_split(np.arange(self.spec.num_samples), len(prompts))]
+        return torch.cat(
+            [
+                self.adapter.generate(
+                    unet,
+                    share,
+                    seed=self.spec.seed + index,
+                    steps=self.spec.inference_steps,
+                    prompt=prompt,
+                    guidance_scale=self.spec.guidance_scale,
+                )
+                for index, (prompt, share) in enumerate(zip(prompts, shares, strict=True))
+                if share
+            ]
+        )
+
     def __call__(self, unet: torch.nn.Module, step: int) -> dict[str, float]:
         """All metrics of `unet` (unwrapped) at `step`; writes the sample grid as samples/step-NNNNNN.png."""
         started = time.perf_counter()
         was_training = unet.training
         unet.eval()
         try:
-            prompt = None if self.forget.captions is None else self.forget.captions[0]
-            samples = self.adapter.generate(
-                unet,
-                self.spec.num_samples,
-                seed=self.spec.seed,
-                steps=self.spec.inference_steps,
-                prompt=prompt,
-                guidance_scale=self.spec.guidance_scale,
-            )
+            samples = self.generate(unet)
             distances = metrics.nearest_distances(samples, self.forget_pixels)
             result = {
                 "memorization_rate": metrics.memorization_rate(distances, self.spec.memorization_threshold),

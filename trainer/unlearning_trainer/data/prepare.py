@@ -1,0 +1,72 @@
+"""The data of a job: the forget set in memory, the retain set streamed, and what the pass over it found."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from unlearning_trainer.advice import data_warnings
+from unlearning_trainer.data.exclusion import scan
+from unlearning_trainer.data.images import ImageSet, StreamedImages, load_images
+from unlearning_trainer.data.sources import open_source
+from unlearning_trainer.errors import DataError
+from unlearning_trainer.spec import UnlearningJobSpec
+
+logger = logging.getLogger("unlearning_trainer.data")
+
+Fetch = Callable[[str, str], Path]
+"""(uri, spec field) → a local folder with its contents."""
+PROGRESS_FROM = 1000
+"""Datasets at least this large log the pass's progress every tenth."""
+
+
+def prepare_data(
+    spec: UnlearningJobSpec, fetch: Fetch, image_shape: tuple[int, int, int]
+) -> tuple[ImageSet, StreamedImages, dict[str, Any]]:
+    """The forget set, the retain set (data.train minus the forget images, or data.retain) and a summary of the
+    pass that built it: counts, the nearest retained image's distance, and warnings worth a look.
+
+    Raises:
+        DataError: for missing, empty or unreadable data, or a training set with nothing left to keep.
+    """
+    forget_source = open_source(
+        fetch(spec.data.forget.uri, "spec.data.forget.uri"), field="spec.data.forget.uri", fmt=spec.data.forget.format
+    )
+    forget = load_images(forget_source, image_shape)
+    field, location = spec.data.kept
+    source = open_source(fetch(location.uri, field), field=field, fmt=location.format)
+    excluding = spec.data.train is not None
+    tenth = max(1, len(source) // 10)
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done // tenth != (done - 1) // tenth:
+            logger.info("checked %d of %d images of %s", done, total, field)
+
+    census = scan(
+        source,
+        forget,
+        image_shape,
+        exclude=excluding,
+        near_duplicate_distance=spec.data.near_duplicate_distance,
+        progress=progress if len(source) >= PROGRESS_FROM else None,
+    )
+    if not len(census.kept):
+        raise DataError(
+            f"{field}: every image in it is a copy of a forget image, so nothing is left to keep. Fix: point "
+            "data.train at the whole training set."
+        )
+    distinct = len(forget.unique())
+    warnings = data_warnings(spec, census, forget_unique=distinct, excluding=excluding)
+    for warning in warnings:
+        logger.warning("%s", warning)
+    summary = {
+        "retainFrom": "train" if excluding else "retain",
+        "forget": len(forget),
+        "forgetUnique": distinct,
+        "retain": len(census.kept),
+        **census.summary(excluded=excluding),
+        "warnings": warnings,
+    }
+    return forget, StreamedImages(source, census.kept, image_shape), summary
