@@ -43,3 +43,8 @@ def test_runnable_examples_unlearn_and_pass_their_audit(path, tmp_path):
     assert record["verdict"]["passed"], record["verdict"]
     if job.spec.data.train is not None:
         assert record["data"]["excludedExactCopies"] == metrics["data"]["forget"] == 36
+
+
+def test_the_readme_shows_the_runnable_example_as_it_is():
+    body = "".join(line for line in (EXAMPLES / "digits-glyph.yaml").read_text().splitlines(True) if line[0] != "#")
+    assert f"```yaml\n{body}```" in (EXAMPLES.parent / "README.md").read_text()
