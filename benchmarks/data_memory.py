@@ -5,7 +5,7 @@ Hugging Face parquet folder. Each measurement runs in a fresh process: open the 
 (decode and hash every image, compare it with 4 forget images, two of which are in the set), then draw 200
 random batches of 64 the way training does. Beside it, the same process loads the image folder whole into one
 uint8 array (what the trainer did before streaming). Memory is the process's peak resident set above its size
-after imports. Writes benchmarks/results/data_memory.md.
+after imports (torch, pyarrow). Writes benchmarks/results/data_memory.md.
 
     python benchmarks/data_memory.py [--sizes 1000 10000 100000] [--work /tmp/data-memory] [--out FILE]
 """
@@ -84,6 +84,7 @@ def measure(folder: Path, layout: str, mode: str) -> dict[str, float]:
     import resource
 
     import psutil
+    import pyarrow.parquet  # noqa: F401 - imported before the baseline, like torch, so only data counts
     import torch
 
     from unlearning_trainer.data.decode import decode_image
@@ -135,9 +136,10 @@ def report(rows: list[dict], sizes: list[int]) -> str:
         f"`python benchmarks/data_memory.py --sizes {' '.join(map(str, sizes))}` on {platform.processor() or 'CPU'} "
         f"({platform.system()}), Python {platform.python_version()}. Generated {SIZE}×{SIZE} RGB PNG images; "
         f"tar shards and parquet files of {PER_SHARD} images (parquet row groups of 100). Peak memory: the "
-        "process's peak resident set above its size after imports. The pass decodes, hashes and compares every "
-        f"image with 4 forget images (2 of them in the set, both excluded); then {BATCHES} random batches of "
-        f"{BATCH} are drawn as training draws them. Loaded whole: every image decoded into one uint8 array.",
+        "process's peak resident set above its size after imports (torch, pyarrow). The pass decodes, hashes and "
+        "compares every image with 4 forget images (2 of them in the set, both excluded); then "
+        f"{BATCHES} random batches of {BATCH} are drawn as training draws them. Loaded whole: every image decoded "
+        "into one uint8 array.",
         "",
         "| images | layout | peak memory (MiB) | pass (images/s) | batches (images/s) | excluded |",
         "|---:|---|---:|---:|---:|---:|",

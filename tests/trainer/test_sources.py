@@ -221,3 +221,24 @@ def test_memory_does_not_grow_with_the_images_of_the_dataset(tmp_path, monkeypat
     growth = _peak_bytes(large, forget, monkeypatch) - _peak_bytes(small, forget, monkeypatch)
     whole = 3000 * 32 * 32
     assert growth < whole / 4, f"peak grew by {growth} bytes for 3,000 more images"
+
+
+def _path_only_parquet(path: Path, names: list[str]) -> None:
+    """Rows as datasets' to_parquet writes images opened from files: the Image struct with a path, no bytes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"image": pa.array([{"bytes": None, "path": name} for name in names])}), path)
+
+
+def test_parquet_rows_that_name_their_image_file_read_it_from_the_dataset_folder_only(tmp_path):
+    builders.write_image_folder(IMAGES[:3], tmp_path / "data" / "images")
+    _path_only_parquet(tmp_path / "data" / "train.parquet", [f"images/img-{i:05d}.png" for i in range(3)])
+    source = open_source(tmp_path / "data", field="f", fmt="parquet")
+    assert np.array_equal(load_images(source, SHAPE).pixels[:, 0].numpy(), IMAGES[:3])
+
+    builders.write_image_folder(IMAGES[:1], tmp_path / "outside")
+    _path_only_parquet(tmp_path / "elsewhere" / "sub" / "x.parquet", ["../../outside/img-00000.png"])
+    with pytest.raises(DataError, match=r"names the image '../../outside/img-00000.png' instead of holding it.*Fix:"):
+        load_images(open_source(tmp_path / "elsewhere", field="f", fmt="parquet"), SHAPE)

@@ -199,3 +199,43 @@ def test_checkpoints_reach_the_store_and_a_new_machine_resumes_from_them(
     )
     assert second.returncode == 0, second.stderr
     assert "resuming from checkpoint at step 4 of 6" in second.stderr
+
+
+def test_a_sharded_training_set_and_a_parquet_request_on_s3(
+    s3_scenario, s3_server, scenario, job_document, tmp_path, monkeypatch
+):
+    """data.train as WebDataset shards and data.forget as datasets parquet, both read from the S3 server."""
+    import datasets
+    import numpy as np
+    import webdataset
+    from PIL import Image
+
+    files = sorted((scenario / "retain").glob("*.png")) + sorted((scenario / "forget").glob("*.png"))
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for number, start in enumerate(range(0, len(files), 20)):
+        with webdataset.TarWriter(str(shards / f"train-{number:03d}.tar"), encoder=False) as sink:
+            for path in files[start : start + 20]:
+                sink.write({"__key__": f"{path.parent.name}-{path.stem}", "png": path.read_bytes()})
+    request = tmp_path / "request"
+    pictures = [Image.fromarray(np.asarray(Image.open(path))) for path in sorted((scenario / "forget").glob("*.png"))]
+    dataset = datasets.Dataset.from_dict({"image": pictures}, features=datasets.Features({"image": datasets.Image()}))
+    request.mkdir()
+    dataset.to_parquet(str(request / "request.parquet"))
+    prefix = s3_scenario["forget"].rsplit("/", 1)[0]
+    s3_server.upload_folder(shards, f"{prefix}/shards")
+    s3_server.upload_folder(request, f"{prefix}/request")
+
+    document = _s3_job(job_document, s3_scenario, s3_server.endpoint)
+    document["spec"]["data"] = {
+        "forget": {"uri": f"{prefix}/request", "format": "parquet"},
+        "train": {"uri": f"{prefix}/shards"},
+    }
+    document["spec"]["training"]["steps"] = 2
+    result = _unlearn(["run", str(write_job(tmp_path, document)), "--no-progress"], s3_server.env(), tmp_path)
+    assert result.returncode == 0, result.stderr
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    published = S3Storage(endpoint=s3_server.endpoint).fetch(s3_scenario["output"], field="output")
+    data = json.loads((published / "metrics.json").read_text())["data"]
+    assert (data["scanned"], data["excluded"], data["retain"], data["forgetFound"]) == (51, 3, 48, 1)

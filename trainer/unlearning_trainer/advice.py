@@ -4,9 +4,12 @@ read, what it says about the spec. Pure, no torch."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from unlearning_trainer.spec import UnlearningJobSpec
+
+if TYPE_CHECKING:
+    from unlearning_trainer.data.exclusion import Census
 
 LAMBDA_0 = (
     "spec.method.lambda is 0: SISS draws every noisy input around a kept image, so the forget term's importance "
@@ -30,8 +33,8 @@ def spec_warnings(spec: UnlearningJobSpec) -> list[str]:
     return warnings
 
 
-def data_warnings(spec: UnlearningJobSpec, census: Any, *, forget_unique: int, excluding: bool) -> list[str]:
-    """What the pass over the retained data found that the user should look at (`census`: a data.exclusion.Census)."""
+def data_warnings(spec: UnlearningJobSpec, census: Census, *, forget_unique: int, excluding: bool) -> list[str]:
+    """What the pass over the retained data found that the user should look at."""
     warnings = []
     if excluding and census.forget_found < forget_unique:
         warnings.append(

@@ -29,6 +29,8 @@ from unlearning_trainer.errors import DataError
 Format = Literal["auto", "imagefolder", "webdataset", "parquet"]
 Record = tuple[bytes, str | None]
 """An encoded image and its caption (None when the dataset has none for it)."""
+OPEN_FILES = 16
+"""Tar shards kept open at once."""
 COMPRESSED_SHARDS = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
 
 
@@ -91,6 +93,20 @@ def _split_key(member_name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), extension.lower()
 
 
+NO_CAPTION, TXT_CAPTION, JSON_CAPTION = 0, 1, 2
+SHARD_INDEX = np.dtype(
+    [
+        ("shard", np.int32),
+        ("offset", np.int64),
+        ("size", np.int64),
+        ("caption_offset", np.int64),
+        ("caption_size", np.int64),
+        ("caption_kind", np.int8),
+    ]
+)
+"""Where a sample's image and caption bytes sit in its shard: 37 bytes per sample."""
+
+
 class TarShardSource:
     """WebDataset shards: one pass over the tar headers finds each sample's image and caption offsets."""
 
@@ -100,38 +116,43 @@ class TarShardSource:
         self._handles: OrderedDict[int, BinaryIO] = OrderedDict()
         self.shards = [root / name for name in sorted(files_below(root)) if name.endswith(".tar")]
         self.names: list[str] = []
-        rows: list[tuple[int, int, int, int, int]] = []
-        for shard_id, shard in enumerate(self.shards):
-            samples: dict[str, dict[str, tarfile.TarInfo]] = {}
-            try:
-                with tarfile.open(shard, mode="r:") as archive:
-                    for member in archive:
-                        if member.isfile():
-                            key, extension = _split_key(member.name)
-                            samples.setdefault(key, {})[extension] = member
-            except tarfile.TarError as exc:
-                raise DataError(
-                    f"{field}: {shard.relative_to(root)} is not a readable tar shard ({exc}). Fix: rewrite the shard "
-                    "or remove it."
-                ) from None
-            for key, parts in samples.items():
-                image = next((parts[e] for e in sorted(parts) if f".{e.rpartition('.')[2]}" in IMAGE_SUFFIXES), None)
-                if image is None:
-                    continue
-                caption = parts.get("txt") or parts.get("json")
-                caption_kind = 0 if caption is None else (1 if caption is parts.get("txt") else 2)
-                self.names.append(f"{shard.relative_to(root).as_posix()}/{key}")
-                rows.append(
-                    (
-                        shard_id,
-                        image.offset_data,
-                        image.size,
-                        caption.offset_data if caption else 0,
-                        (caption.size if caption else 0) * 4 + caption_kind,
-                    )
+        per_shard = [self._index_shard(shard_id, shard) for shard_id, shard in enumerate(self.shards)]
+        self.index = np.concatenate(per_shard) if per_shard else np.zeros(0, dtype=SHARD_INDEX)
+        self.has_captions = bool((self.index["caption_kind"] != NO_CAPTION).any())
+
+    def _index_shard(self, shard_id: int, shard: Path) -> np.ndarray:
+        """One row per sample of the shard that has an image; appends the samples' names."""
+        samples: dict[str, dict[str, tarfile.TarInfo]] = {}
+        try:
+            with tarfile.open(shard, mode="r:") as archive:
+                for member in archive:
+                    if member.isfile():
+                        key, extension = _split_key(member.name)
+                        samples.setdefault(key, {})[extension] = member
+        except tarfile.TarError as exc:
+            raise DataError(
+                f"{self.field}: {shard.relative_to(self.root)} is not a readable tar shard ({exc}). Fix: rewrite the "
+                "shard or remove it."
+            ) from None
+        rows = []
+        for key, parts in samples.items():
+            image = next((parts[e] for e in sorted(parts) if f".{e.rpartition('.')[2]}" in IMAGE_SUFFIXES), None)
+            if image is None:
+                continue
+            kind = TXT_CAPTION if "txt" in parts else JSON_CAPTION if "json" in parts else NO_CAPTION
+            caption = parts.get("txt") or parts.get("json")
+            self.names.append(f"{shard.relative_to(self.root).as_posix()}/{key}")
+            rows.append(
+                (
+                    shard_id,
+                    image.offset_data,
+                    image.size,
+                    caption.offset_data if caption else 0,
+                    caption.size if caption else 0,
+                    kind,
                 )
-        self.index = np.array(rows, dtype=np.int64).reshape(-1, 5)
-        self.has_captions = bool(len(self.index)) and bool((self.index[:, 4] % 4 != 0).any())
+            )
+        return np.array(rows, dtype=SHARD_INDEX)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -142,7 +163,7 @@ class TarShardSource:
     def _handle(self, shard_id: int) -> BinaryIO:
         handle = self._handles.pop(shard_id, None) or self.shards[shard_id].open("rb")
         self._handles[shard_id] = handle
-        while len(self._handles) > 16:
+        while len(self._handles) > OPEN_FILES:
             self._handles.popitem(last=False)[1].close()
         return handle
 
@@ -154,15 +175,14 @@ class TarShardSource:
     def read_many(self, positions: Sequence[int]) -> list[Record]:
         records = []
         for position in positions:
-            shard_id, offset, size, caption_offset, caption_code = (int(v) for v in self.index[position])
-            caption_size, caption_kind = divmod(caption_code, 4)
-            caption = None
-            if caption_kind:
-                text = self._read(shard_id, caption_offset, caption_size).decode("utf-8", errors="replace")
-                caption = text.strip() if caption_kind == 1 else _json_caption(text)
-            elif self.has_captions:
-                caption = ""
-            records.append((self._read(shard_id, offset, size), caption))
+            row = self.index[position]
+            shard = int(row["shard"])
+            caption = "" if self.has_captions else None
+            if row["caption_kind"] != NO_CAPTION:
+                raw = self._read(shard, int(row["caption_offset"]), int(row["caption_size"]))
+                text = raw.decode("utf-8", errors="replace")
+                caption = text.strip() if row["caption_kind"] == TXT_CAPTION else _json_caption(text)
+            records.append((self._read(shard, int(row["offset"]), int(row["size"])), caption))
         return records
 
     def __del__(self) -> None:
@@ -216,6 +236,8 @@ class ParquetSource:
         return group, position - int(self.starts[group])
 
     def _group(self, group: int) -> tuple[list[Any], list[Any] | None]:
+        """A row group's images and captions, read whole: files are opened per read, because an open reader
+        keeps the buffers of its last row group (16 open files cost 70 MB on the 100k benchmark)."""
         if group not in self._cache:
             import pyarrow.parquet as pq
 
@@ -241,6 +263,20 @@ class ParquetSource:
         first = next(i for i, (f, _) in enumerate(self.groups) if f == file_id)
         return int(self.starts[first])
 
+    def _referenced_file(self, group: int, path: str | None) -> bytes:
+        """A row that holds only a path (datasets' `to_parquet` writes local images that way): the file, if it
+        was shipped inside the dataset folder next to the parquet file."""
+        folder = self.files[self.groups[group][0]].parent
+        candidate = (folder / path).resolve() if path else None
+        if candidate is None or not candidate.is_relative_to(self.root.resolve()) or not candidate.is_file():
+            raise DataError(
+                f"{self.field}: a row of {folder.relative_to(self.root) / '*.parquet'} names the image {path!r} "
+                "instead of holding it, and no such file is in the dataset folder. Fix: embed the images "
+                "(Dataset.push_to_hub does; for to_parquet, build the Image column from arrays or bytes rather "
+                "than files), or put the image files next to the parquet file at those relative paths."
+            )
+        return candidate.read_bytes()
+
     def read_many(self, positions: Sequence[int]) -> list[Record]:
         records = []
         for position in positions:
@@ -249,10 +285,7 @@ class ParquetSource:
             image = images[row]
             content = image.get("bytes") if isinstance(image, dict) else image
             if content is None:
-                raise DataError(
-                    f"{self.field}: row {position} has no image bytes (only a path, which is not portable). Fix: "
-                    "write the dataset with the images embedded (datasets' to_parquet or push_to_hub does)."
-                )
+                content = self._referenced_file(group, image.get("path") if isinstance(image, dict) else None)
             records.append((content, None if captions is None else str(captions[row] or "")))
         return records
 
