@@ -239,3 +239,27 @@ def test_a_sharded_training_set_and_a_parquet_request_on_s3(
     published = S3Storage(endpoint=s3_server.endpoint).fetch(s3_scenario["output"], field="output")
     data = json.loads((published / "metrics.json").read_text())["data"]
     assert (data["scanned"], data["excluded"], data["retain"], data["forgetFound"]) == (51, 3, 48, 1)
+
+
+def test_a_new_pod_never_resumes_another_jobs_checkpoint_and_restart_clears_the_store(
+    s3_scenario, s3_server, job_document, tmp_path
+):
+    """Each run below is a fresh pod (its own cache): checkpoints come only from the output store."""
+
+    def pod(name: str, *flags: str) -> subprocess.CompletedProcess[str]:
+        folder = tmp_path / name
+        folder.mkdir()
+        return _unlearn(["run", str(write_job(folder, document)), "--no-progress", *flags], s3_server.env(), folder)
+
+    document = _s3_job(job_document, s3_scenario, s3_server.endpoint)
+    document["spec"]["training"] |= {"steps": 2, "checkpointEvery": 1}
+    assert pod("first").returncode == 0
+    document["spec"]["training"]["learningRate"] = 1e-4
+    refused = pod("second")
+    assert refused.returncode == 2 and "training.learningRate: 5e-05 -> 0.0001" in refused.stderr
+    restarted = pod("third", "--restart")
+    assert restarted.returncode == 0, restarted.stderr
+    document["spec"]["training"]["steps"] = 3
+    resumed = pod("fourth")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from checkpoint at step 2 of 3" in resumed.stderr

@@ -42,7 +42,7 @@ def _run(args: argparse.Namespace) -> int:
     job = resolve_local_uris(load_job(args.job), Path(args.job).resolve().parent)
     _warn(job)
     try:
-        result = run_job(job, show_progress=not args.no_progress)
+        result = run_job(job, show_progress=not args.no_progress, restart=args.restart)
     except UnlearningError as exc:
         termination.write({"reason": exc.reason, "message": str(exc)})
         raise
@@ -179,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a job on this machine (relative paths start at the job file)")
     run.add_argument("job", help="UnlearningJob YAML file")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    run.add_argument(
+        "--restart",
+        action="store_true",
+        help="delete the output's checkpoints and train from the base model (needed after changing how it trains)",
+    )
     run.set_defaults(handler=_run)
 
     check = commands.add_parser(

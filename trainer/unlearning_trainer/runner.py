@@ -19,6 +19,7 @@ from unlearning_trainer import __version__, audit
 from unlearning_trainer.spec import UnlearningJob, dump_job
 from unlearning_trainer.storage.base import checkpoint_mirror_for, storage_for
 from unlearning_trainer.tracking.base import FanOutTracker, LogTracker, NullTracker, Tracker
+from unlearning_trainer.training.fingerprint import fingerprint
 
 logger = logging.getLogger("unlearning_trainer.runner")
 
@@ -109,8 +110,10 @@ def run_job(
     tracker: Tracker | None = None,
     show_progress: bool = True,
     on_progress: Any = None,
+    restart: bool = False,
 ) -> RunResult:
-    """Run the job to completion (resuming from its latest checkpoint) and publish the unlearned pipeline.
+    """Run the job to completion (resuming from its latest checkpoint, or from the base model with `restart`,
+    which deletes the output's checkpoints first) and publish the unlearned pipeline.
 
     Raises:
         UnlearningError: for problems with the spec, the storage, the model or the data; `metrics.json` then
@@ -141,6 +144,7 @@ def run_job(
     started = time.perf_counter()
     try:
         model_dir = fetch(spec.model.uri, "spec.model.uri")
+        model_digest = audit.model_digest(model_dir)
         adapter = load_adapter(model_dir)
         forget, retain, data_summary = prepare_data(spec, fetch, adapter.image_shape)
         logger.info(
@@ -167,6 +171,10 @@ def run_job(
             device=accelerator.device,
             classifier=classifier,
         )
+        mirror = checkpoint_mirror_for(spec.output.uri, endpoint=endpoint)
+        if restart:
+            _discard_checkpoints(workdir, mirror if main else None)
+        accelerator.wait_for_everyone()
         torch.manual_seed(spec.training.seed)
         result = train(
             spec,
@@ -176,7 +184,8 @@ def run_job(
             evaluator=evaluator,
             tracker=tracker,
             checkpoint_dir=workdir / "checkpoints",
-            checkpoint_mirror=checkpoint_mirror_for(spec.output.uri, endpoint=endpoint),
+            checkpoint_mirror=mirror,
+            fingerprint=fingerprint(spec, model_digest=model_digest, data_digest=data_summary["sha256"]),
             on_progress=on_progress,
             show_progress=show_progress,
         )
@@ -194,7 +203,7 @@ def run_job(
             "history": result.history,
         }
         if main:
-            _finish(job, workdir, adapter, accelerator, tracker, metrics, output_storage, model_dir, forget)
+            _finish(job, workdir, adapter, accelerator, tracker, metrics, output_storage, model_digest, forget)
     except Exception as exc:
         if main:
             _write_json(workdir / "metrics.json", _metrics_document(job, _failure(exc)))
@@ -202,6 +211,15 @@ def run_job(
         raise
     accelerator.wait_for_everyone()
     return RunResult(output=workdir, metrics=metrics)
+
+
+def _discard_checkpoints(workdir: Path, mirror: Any) -> None:
+    """A restart: the output's checkpoints and sample grids go, locally and (rank 0) in the output store."""
+    for folder in ("checkpoints", "samples"):
+        shutil.rmtree(workdir / folder, ignore_errors=True)
+    if mirror is not None:
+        mirror.clear()
+    logger.info("restart: deleted the output's checkpoints; training starts from the base model")
 
 
 def _finish(
@@ -212,7 +230,7 @@ def _finish(
     tracker: Tracker,
     metrics: dict[str, Any],
     output_storage: Any,
-    model_dir: Path,
+    model_digest: str,
     forget: Any,
 ) -> None:
     """Rank 0 after training: save the pipeline, write metrics and the audit record, log, publish, register."""
@@ -225,7 +243,7 @@ def _finish(
     record = audit.build_record(
         job,
         forget_files=list(zip(forget.names, forget.digests, strict=True)),
-        model_before=audit.model_digest(model_dir),
+        model_before=model_digest,
         model_after=None if interrupted else audit.model_digest(workdir),
         metrics=metrics,
         tracking=tracking,

@@ -8,6 +8,7 @@ The same pass reports the smallest distance between a kept image and a forget im
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ class Census:
     nearest_distance: float | None
     """Smallest L2 distance (pixels in [0, 1]) from an image that is neither a copy nor a near-duplicate to a forget
     image."""
+    digest: str = ""
+    """sha256 over the kept images' pixel digests, in order: what the retain set is, for checkpoints and audits."""
 
     def summary(self, *, excluded: bool) -> dict[str, object]:
         return {
@@ -88,11 +91,13 @@ def scan(
     exact = near = 0
     found = np.zeros(len(unique), dtype=bool)
     nearest = math.inf
+    retained = hashlib.sha256()
     for start in range(0, total, chunk):
         positions = np.arange(start, min(start + chunk, total))
         records = source.read_many(positions.tolist())
         arrays = [decode_at(source, int(p), data, image_shape) for p, (data, _) in zip(positions, records, strict=True)]
-        copies = np.array([forget_hashes.get(pixel_digest(a), -1) for a in arrays])
+        hashes = [pixel_digest(a) for a in arrays]
+        copies = np.array([forget_hashes.get(h, -1) for h in hashes])
         flat = torch.from_numpy(np.stack(arrays).reshape(len(arrays), -1)).double() / 255.0
         distances = l2_distances(flat, forget_flat)
         close = rms(distances, pixels) <= near_duplicate_distance if near_duplicate_distance > 0 else None
@@ -105,6 +110,8 @@ def scan(
         near += int(is_near.sum())
         keep = ~(is_copy | is_near) if exclude else np.ones(len(arrays), dtype=bool)
         kept.append(positions[keep])
+        for index in np.flatnonzero(keep):
+            retained.update(bytes.fromhex(hashes[index]))
         others = ~(is_copy | is_near)
         if others.any():
             nearest = min(nearest, float(distances[torch.from_numpy(others)].min()))
@@ -117,4 +124,5 @@ def scan(
         near_duplicates=near,
         forget_found=int(found.sum()),
         nearest_distance=None if math.isinf(nearest) else nearest,
+        digest=retained.hexdigest(),
     )

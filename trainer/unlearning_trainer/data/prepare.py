@@ -13,6 +13,7 @@ from unlearning_trainer.data.images import ImageSet, StreamedImages, load_images
 from unlearning_trainer.data.sources import open_source
 from unlearning_trainer.errors import DataError
 from unlearning_trainer.spec import UnlearningJobSpec
+from unlearning_trainer.training.fingerprint import data_digest
 
 logger = logging.getLogger("unlearning_trainer.data")
 
@@ -67,6 +68,7 @@ def prepare_data(
         "forgetUnique": distinct,
         "retain": len(census.kept),
         **census.summary(excluded=excluding),
+        "sha256": data_digest(forget.digests, census.digest),
         "warnings": warnings,
     }
     return forget, StreamedImages(source, census.kept, image_shape), summary

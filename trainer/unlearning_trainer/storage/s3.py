@@ -256,10 +256,15 @@ class S3CheckpointMirror:
         self.storage.publish(folder, f"{self.root}/{folder.name}", exclude=())
         location = S3Location.parse(self.root)
         for step in self._complete_steps()[:-keep]:
-            old = f"{location.key}/step-{step:06d}/"
-            with self.storage._errors(self.root, "spec.output.uri"):
-                for obj in self.storage._list(S3Location(location.bucket, old.rstrip("/"))):
-                    self.storage.client.delete_object(Bucket=location.bucket, Key=obj["Key"])
+            self._delete_under(S3Location(location.bucket, f"{location.key}/step-{step:06d}"))
+
+    def clear(self) -> None:
+        self._delete_under(S3Location.parse(self.root))
+
+    def _delete_under(self, location: S3Location) -> None:
+        with self.storage._errors(self.root, "spec.output.uri"):
+            for obj in self.storage._list(location):
+                self.storage.client.delete_object(Bucket=location.bucket, Key=obj["Key"])
 
     def pull(self, root: Path) -> None:
         steps = self._complete_steps()

@@ -35,12 +35,18 @@ class Mirror(Protocol):
         """Download the newest complete checkpoint in the store into `root`, if `root` has none."""
         ...
 
+    def clear(self) -> None:
+        """Delete every checkpoint in the store (a restart)."""
+        ...
+
 
 @dataclass
 class TrainingState:
     step: int = 0
     cached_forget_scale: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    fingerprint: dict[str, Any] | None = None
+    """What trained these weights (training/fingerprint.py); None in checkpoints of older versions."""
 
 
 def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
@@ -72,6 +78,7 @@ def save(
         "cachedForgetScale": state.cached_forget_scale,
         "scheduler": scheduler.state_dict(),
         "history": state.history,
+        "fingerprint": state.fingerprint,
     }
     (staging / "state.json").write_text(json.dumps(document))
     shutil.rmtree(target, ignore_errors=True)
@@ -102,4 +109,9 @@ def load_latest(
             warnings.filterwarnings("ignore", message=".*lr_scheduler.step\\(\\)", category=UserWarning)
             for _ in range(raw["step"]):
                 scheduler.step()
-    return TrainingState(step=raw["step"], cached_forget_scale=raw["cachedForgetScale"], history=raw["history"])
+    return TrainingState(
+        step=raw["step"],
+        cached_forget_scale=raw["cachedForgetScale"],
+        history=raw["history"],
+        fingerprint=raw.get("fingerprint"),
+    )

@@ -28,6 +28,7 @@ from unlearning_trainer.objectives.methods import Objective
 from unlearning_trainer.spec import UnlearningJobSpec
 from unlearning_trainer.tracking.base import Tracker
 from unlearning_trainer.training import checkpoints
+from unlearning_trainer.training.fingerprint import check_resume
 from unlearning_trainer.training.step import MicroBatch, Stepper
 
 logger = logging.getLogger("unlearning_trainer.training")
@@ -125,10 +126,15 @@ def train(
     tracker: Tracker,
     checkpoint_dir: Path,
     checkpoint_mirror: checkpoints.Mirror | None = None,
+    fingerprint: dict[str, Any] | None = None,
     on_progress: ProgressCallback | None = None,
     show_progress: bool = True,
 ) -> TrainingResult:
-    """Fine-tune `adapter.unet` in place with the objective of `spec.method`."""
+    """Fine-tune `adapter.unet` in place with the objective of `spec.method`.
+
+    `fingerprint` (training/fingerprint.py) goes into every checkpoint; a checkpoint with another one is not
+    resumed (ResumeMismatch).
+    """
     training = spec.training
     adapter.unet.train()
     optimizer = torch.optim.AdamW(
@@ -158,6 +164,9 @@ def train(
         if checkpoint_mirror is not None and not checkpoints.list_checkpoints(checkpoint_dir):
             checkpoint_mirror.pull(checkpoint_dir)
     state = checkpoints.load_latest(checkpoint_dir, raw_unet, optimizer, scheduler) or checkpoints.TrainingState()
+    if state.step and fingerprint is not None:
+        check_resume(state.fingerprint, fingerprint, step=state.step)
+    state.fingerprint = fingerprint
     resumed_from = state.step
     stepper.cached_scale = state.cached_forget_scale
     if resumed_from:
