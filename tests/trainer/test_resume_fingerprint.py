@@ -68,21 +68,11 @@ def test_changed_data_or_base_model_are_named(workspace, job_document):
     assert "model: the base model's files differ" in result.stderr
 
 
-def test_what_may_change_between_attempts():
+def test_what_may_change_between_attempts(job_document):
     """Bookkeeping, evaluation and workers never matter; the step count only under a schedule that uses it."""
-    base = {
-        "apiVersion": "unlearning.dev/v1alpha1",
-        "kind": "UnlearningJob",
-        "metadata": {"name": "j"},
-        "spec": {
-            "model": {"uri": "m"},
-            "data": {"forget": {"uri": "f"}, "retain": {"uri": "r"}},
-            "output": {"uri": "o"},
-        },
-    }
 
     def of(training: dict, **spec) -> dict:
-        document = json.loads(json.dumps(base))
+        document = json.loads(json.dumps(job_document))
         document["spec"] |= {"training": training, **spec}
         return fingerprint(parse_job(document).spec, model_digest="m", data_digest="d")
 
