@@ -93,13 +93,59 @@ def test_an_unsupported_pipeline_is_named_with_the_supported_ones(tmp_path):
     assert "Fix: use one of DDIMPipeline, DDPMPipeline, StableDiffusionPipeline" in message
 
 
+def _with_prediction(source: Path, target: Path, prediction: str) -> Path:
+    shutil.copytree(source / "model", target / "model")
+    config_path = target / "model" / "scheduler" / "scheduler_config.json"
+    config_path.write_text(json.dumps(json.loads(config_path.read_text()) | {"prediction_type": prediction}))
+    return target / "model"
+
+
+@pytest.mark.parametrize("prediction", ["v_prediction", "sample"])
+def test_v_and_sample_predictions_are_converted_to_the_noise_exactly(prediction):
+    """Checked against diffusers' own scheduler: its velocity and its noising, at every kind of timestep."""
+    from diffusers import DDPMScheduler
+
+    from unlearning_trainer.models.prediction import to_epsilon
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear")
+    generator = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(4, 3, 8, 8, generator=generator), torch.randn(4, 3, 8, 8, generator=generator)
+    t = torch.tensor([0, 10, 500, 999])
+    noisy = scheduler.add_noise(x0, noise, t)
+    output = scheduler.get_velocity(x0, noise, t) if prediction == "v_prediction" else x0
+    recovered = to_epsilon(output, noisy, t, scheduler.alphas_cumprod.double(), prediction)
+    assert torch.allclose(recovered, noise, atol=2e-3 if prediction == "sample" else 1e-5)
+
+
 @pytest.mark.parametrize("fixture", ["scenario", "text_to_image_scenario"])
-def test_models_that_do_not_predict_the_noise_are_refused(fixture, request, tmp_path):
-    shutil.copytree(request.getfixturevalue(fixture) / "model", tmp_path / "model")
-    config_path = tmp_path / "model" / "scheduler" / "scheduler_config.json"
-    config_path.write_text(json.dumps(json.loads(config_path.read_text()) | {"prediction_type": "v_prediction"}))
-    with pytest.raises(DataError, match=r"spec.model.uri: the scheduler predicts 'v_prediction'.*Fix:"):
-        load_adapter(tmp_path / "model")
+def test_a_v_prediction_model_is_read_through_its_denoiser_as_noise(fixture, request, tmp_path):
+    from unlearning_trainer.models.prediction import to_epsilon
+
+    adapter = load_adapter(_with_prediction(request.getfixturevalue(fixture), tmp_path, "v_prediction"))
+    assert adapter.prediction == "v_prediction"
+    shape = (2, *(adapter.image_shape if fixture == "scenario" else (4, *adapter.latent_size)))
+    m, t = torch.randn(shape, generator=torch.Generator().manual_seed(1)), torch.tensor([3, 700])
+    captions = None if fixture == "scenario" else ["a red x", "a red x"]
+    with torch.no_grad():
+        raw = adapter.unet(m, t, **({} if captions is None else {"encoder_hidden_states": adapter._embed(captions)}))
+        expected = to_epsilon(raw.sample, m, t, adapter.alphas_cumprod, "v_prediction")
+        assert torch.allclose(adapter.denoiser(adapter.unet, captions)(m, t), expected)
+        assert not torch.allclose(expected, raw.sample)
+
+
+def test_a_v_prediction_ddpm_unlearns_and_keeps_its_prediction_type(scenario, job_document, tmp_path):
+    _with_prediction(scenario, tmp_path, "v_prediction")
+    for name in ("forget", "retain"):
+        shutil.copytree(scenario / name, tmp_path / name)
+    result = _run(write_job(tmp_path, job_document))
+    assert result.returncode == 0, result.stderr
+    config = json.loads((tmp_path / "out" / "scheduler" / "scheduler_config.json").read_text())
+    assert config["prediction_type"] == "v_prediction"
+
+
+def test_an_unknown_prediction_type_is_refused(scenario, tmp_path):
+    with pytest.raises(DataError, match=r"spec.model.uri: the scheduler's prediction_type is 'flow'.*Fix:"):
+        load_adapter(_with_prediction(scenario, tmp_path, "flow"))
 
 
 def test_the_probability_flow_likelihood_is_refused_for_latents(text_to_image_scenario, job_document, tmp_path):

@@ -17,6 +17,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionPipeline
 
 from unlearning_trainer.models.adapter import sample_in_chunks, spatial_size
+from unlearning_trainer.models.prediction import check_prediction_type, to_epsilon
 from unlearning_trainer.objectives.losses import Denoiser
 
 GENERATION_BATCH = 64
@@ -35,6 +36,7 @@ class LatentAdapter:
         self.scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
         self.alphas_cumprod = self.scheduler.alphas_cumprod.double()
         self.betas = self.scheduler.betas.double()
+        self.prediction = check_prediction_type(self.scheduler.config.get("prediction_type", "epsilon"))
         self.scaling_factor = float(self.vae.config.scaling_factor)
         self.latent_size = spatial_size(self.unet.config.sample_size)
         scale = pipeline.vae_scale_factor
@@ -70,7 +72,7 @@ class LatentAdapter:
         return torch.stack([self._embeddings[caption] for caption in captions])
 
     def denoiser(self, unet: torch.nn.Module, captions: list[str] | None) -> Denoiser:
-        """ε_θ(z_t, t, c); no captions means the empty prompt (the unconditional model)."""
+        """ε_θ(z_t, t, c), converted from the model's parameterisation; no captions means the empty prompt."""
         embeddings = self._embed(captions if captions else [""])
 
         def denoise(m: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -79,7 +81,8 @@ class LatentAdapter:
                 states = states.expand(len(m), *states.shape[1:])
             if len(states) != len(m):
                 raise ValueError(f"{len(states)} captions for a batch of {len(m)}")
-            return unet(m, t.to(m.device), encoder_hidden_states=states.to(m.dtype)).sample
+            output = unet(m, t.to(m.device), encoder_hidden_states=states.to(m.dtype)).sample
+            return to_epsilon(output, m, t, self.alphas_cumprod, self.prediction)
 
         return denoise
 

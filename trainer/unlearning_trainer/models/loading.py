@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from unlearning_trainer.errors import DataError
 from unlearning_trainer.models.adapter import DiffusionAdapter
@@ -43,16 +42,6 @@ def check_no_pickles(folder: Path) -> None:
             )
 
 
-def check_prediction_type(config: Any) -> None:
-    """Every objective and metric here reads the U-Net's output as the noise ε; refuse v- or x0-prediction."""
-    prediction = config.get("prediction_type", "epsilon")
-    if prediction != "epsilon":
-        raise DataError(
-            f"spec.model.uri: the scheduler predicts {prediction!r}, but unlearning objectives here are written "
-            "for ε-prediction models (e.g. Stable Diffusion 1.x, DDPM). Fix: use an ε-prediction model."
-        )
-
-
 def load_adapter(folder: Path) -> DiffusionAdapter:
     """Build the adapter for the pipeline in `folder`: pixel-space DDPM/DDIM, or Stable Diffusion (latent,
     text-conditioned; its safety checker is not loaded, since the trainer never shows samples to anyone)."""
@@ -65,7 +54,6 @@ def load_adapter(folder: Path) -> DiffusionAdapter:
         from unlearning_trainer.models.pixel import PixelAdapter
 
         scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
-        check_prediction_type(scheduler.config)
         unet = UNet2DModel.from_pretrained(folder / "unet", use_safetensors=True)
         return PixelAdapter(unet, scheduler)
     if pipeline_class in LATENT_PIPELINES:
@@ -75,7 +63,6 @@ def load_adapter(folder: Path) -> DiffusionAdapter:
         pipeline = stable_diffusion.from_pretrained(
             folder, use_safetensors=True, safety_checker=None, feature_extractor=None, requires_safety_checker=False
         )
-        check_prediction_type(pipeline.scheduler.config)
         return LatentAdapter(pipeline)
     supported = ", ".join(sorted(PIXEL_PIPELINES | LATENT_PIPELINES))
     raise DataError(f"spec.model.uri: pipeline class {pipeline_class!r} is not supported. Fix: use one of {supported}.")

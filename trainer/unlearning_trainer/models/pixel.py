@@ -9,6 +9,7 @@ import torch
 from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from unlearning_trainer.models.adapter import sample_in_chunks, spatial_size
+from unlearning_trainer.models.prediction import check_prediction_type, to_epsilon
 from unlearning_trainer.objectives.losses import Denoiser
 
 GENERATION_BATCH = 256
@@ -23,6 +24,7 @@ class PixelAdapter:
         self.scheduler = scheduler
         self.alphas_cumprod = scheduler.alphas_cumprod.double()
         self.betas = scheduler.betas.double()
+        self.prediction = check_prediction_type(scheduler.config.get("prediction_type", "epsilon"))
         height, width = spatial_size(unet.config.sample_size)
         self.image_shape = (unet.config.in_channels, height, width)
 
@@ -33,7 +35,12 @@ class PixelAdapter:
         return images
 
     def denoiser(self, unet: torch.nn.Module, captions: list[str] | None) -> Denoiser:
-        return lambda m, t: unet(m, t.to(m.device)).sample
+        """ε_θ(x_t, t), converted from the model's parameterisation (models/prediction.py)."""
+
+        def denoise(m: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return to_epsilon(unet(m, t.to(m.device)).sample, m, t, self.alphas_cumprod, self.prediction)
+
+        return denoise
 
     @torch.no_grad()
     def generate(
