@@ -95,6 +95,7 @@ CASES = [
     ),
     Case("warmup-with-cosine", _set("spec.training", {"lrScheduler": "cosine", "lrWarmupSteps": 10}), None),
     Case("train-instead-of-retain", _TRAIN_NOT_RETAIN, None),
+    Case("rms-threshold", _set("spec.evaluation.memorizationThresholdRms", 0.05), None),
     Case("train-with-near-duplicates", _both(_TRAIN_NOT_RETAIN, _set("spec.data.nearDuplicateDistance", 0.02)), None),
     Case("train-with-retain-null", _both(_TRAIN_NOT_RETAIN, _set("spec.data.retain", None)), None),
     Case(
@@ -158,6 +159,11 @@ CASES = [
         "spec.data.nearDuplicateDistance",
     ),
     Case("unknown-data-format", _set("spec.data.retain.format", "tfrecord"), "spec.data.retain.format"),
+    Case(
+        "rms-threshold-above-1",
+        _set("spec.evaluation.memorizationThresholdRms", 1.5),
+        "spec.evaluation.memorizationThresholdRms",
+    ),
     Case("unknown-spec-field", _set("spec.priority", "high"), "spec.priority"),
     Case("snake-case-field", _set("spec.training.batch_size", 32), "batch_size"),
     Case("output-is-the-model", _set("spec.output.uri", "s3://models/ddpm-digits"), "spec.output.uri"),

@@ -123,3 +123,41 @@ def test_grid_tiles_and_upscales(tmp_path):
 
     with Image.open(path) as picture:
         assert picture.size == (4 * 65 + 1, 3 * 65 + 1)
+
+
+def test_the_rms_threshold_is_the_l2_threshold_at_any_resolution():
+    from unlearning_trainer.spec import EvaluationSpec
+
+    assert EvaluationSpec(memorizationThreshold=7.0).l2_threshold(256) == 7.0
+    rms = EvaluationSpec(memorizationThreshold=7.0, memorizationThresholdRms=0.25)
+    assert rms.l2_threshold(16 * 16) == pytest.approx(4.0)
+    assert rms.l2_threshold(512 * 512 * 3) == pytest.approx(0.25 * math.sqrt(512 * 512 * 3))
+
+
+def test_only_linear_schedules_count_as_linear_for_the_ode():
+    from diffusers import DDPMScheduler
+
+    assert likelihood.is_linear(DDPMScheduler(beta_schedule="linear").betas)
+    for schedule in ("scaled_linear", "squaredcos_cap_v2"):
+        assert not likelihood.is_linear(DDPMScheduler(beta_schedule=schedule).betas)
+
+
+def test_pf_ode_is_refused_for_a_schedule_it_cannot_model(scenario, tmp_path):
+    """The evaluator reads T and β from the scheduler; pf-ode only knows the linear schedule, so it refuses."""
+    import shutil
+
+    from unlearning_trainer.data.images import load_images
+    from unlearning_trainer.data.sources import open_source
+    from unlearning_trainer.errors import SpecError
+    from unlearning_trainer.evaluation.evaluator import Evaluator
+    from unlearning_trainer.models.loading import load_adapter
+    from unlearning_trainer.spec import EvaluationSpec
+
+    shutil.copytree(scenario / "model", tmp_path / "model")
+    config = tmp_path / "model" / "scheduler" / "scheduler_config.json"
+    config.write_text(config.read_text().replace('"linear"', '"squaredcos_cap_v2"'))
+    adapter = load_adapter(tmp_path / "model")
+    forget = load_images(open_source(scenario / "forget", field="f"), adapter.image_shape)
+    spec = EvaluationSpec(nll={"method": "pf-ode"})
+    with pytest.raises(SpecError, match=r"not linear \('squaredcos_cap_v2'\)\. Fix: use vlb"):
+        Evaluator(adapter, spec, forget=forget, retain=forget, samples_dir=tmp_path, device=torch.device("cpu"))

@@ -49,6 +49,8 @@ def test_run_writes_a_pipeline_that_diffusers_loads_and_a_metrics_file(workspace
     assert [entry["step"] for entry in metrics["history"]] == [0, 2, 4]
     for key in ("memorization_rate", "forget_loss", "retain_loss", "forget_nll_bpd", "min_forget_distance"):
         assert np.isfinite(metrics["before"][key]) and np.isfinite(metrics["after"][key])
+    after = metrics["after"]
+    assert after["min_forget_rms"] == pytest.approx(after["min_forget_distance"] / 8.0)  # 8×8×1 pixel values
     data = metrics["data"]
     assert (data["retainFrom"], data["forget"], data["forgetUnique"], data["scanned"], data["retain"]) == (
         "retain",
@@ -274,3 +276,12 @@ def test_a_nan_update_stops_the_job_with_the_last_checkpoint_kept_and_nothing_pu
     checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert checkpoints and all(p.startswith("step-") for p in checkpoints)
     assert not (out / "model_index.json").exists(), "a model that went NaN is never published"
+
+
+def test_the_rms_threshold_replaces_the_l2_one(workspace, job_document):
+    """RMS 1 per value is the largest possible distance: every sample then counts as a hit."""
+    job_document["spec"]["training"]["steps"] = 2
+    job_document["spec"]["evaluation"]["memorizationThresholdRms"] = 1.0
+    metrics = run_job(resolve_local_uris(parse_job(job_document), workspace), show_progress=False).metrics
+    assert metrics["before"]["memorization_rate"] == 1.0
+    assert "memorizationThreshold (8)" in metrics["data"]["warnings"][0]

@@ -69,7 +69,7 @@ def test_demo_code_path_writes_a_complete_report(tmp_path):
     assert metrics["status"] == "succeeded" and metrics["steps"] == 2
     for name in ("before.png", "after.png", "metrics.json", "job.yaml", "table.txt", "model/audit.json"):
         assert (tmp_path / name).is_file(), name
-    for key in ("memorization_rate", "forget_nll_bpd", "retain_loss", "quality_is", "quality_fd"):
+    for key in ("memorization_rate", "forget_nll_bpd", "retain_loss", "quality_is", "quality_fd", "quality_fd_all"):
         assert key in metrics["before"] and key in metrics["after"]
     table = (tmp_path / "table.txt").read_text()
     assert "memorization rate" in table and "after 2 steps" in table

@@ -33,8 +33,11 @@ def spec_warnings(spec: UnlearningJobSpec) -> list[str]:
     return warnings
 
 
-def data_warnings(spec: UnlearningJobSpec, census: Census, *, forget_unique: int, excluding: bool) -> list[str]:
-    """What the pass over the retained data found that the user should look at."""
+def data_warnings(
+    spec: UnlearningJobSpec, census: Census, *, forget_unique: int, excluding: bool, values: int
+) -> list[str]:
+    """What the pass over the retained data found that the user should look at (images of `values` pixel
+    values)."""
     warnings = []
     if excluding and census.forget_found < forget_unique:
         warnings.append(
@@ -48,10 +51,10 @@ def data_warnings(spec: UnlearningJobSpec, census: Census, *, forget_unique: int
             "keep and forget; remove them, or name the training set as spec.data.train and the trainer leaves "
             "them out"
         )
-    threshold = spec.evaluation.memorization_threshold
+    threshold = spec.evaluation.l2_threshold(values)
     if census.nearest_distance is not None and threshold >= census.nearest_distance:
         warnings.append(
-            f"spec.evaluation.memorizationThreshold ({threshold:g}) is not below the distance from the nearest kept "
+            f"spec.evaluation.memorizationThreshold ({threshold:.3g}) is not below the distance from the nearest kept "
             f"image to a forget image ({census.nearest_distance:.3g}), so ordinary samples can count as memorized "
             f"copies; choose a threshold below {census.nearest_distance:.3g} (half of it is a safe start)"
         )

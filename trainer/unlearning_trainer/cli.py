@@ -94,7 +94,8 @@ def _check_data(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
         return 0
-    sys.stdout.write(describe_data(summary, adapter.image_shape, spec.evaluation.memorization_threshold))
+    values = adapter.image_shape[0] * adapter.image_shape[1] * adapter.image_shape[2]
+    sys.stdout.write(describe_data(summary, adapter.image_shape, spec.evaluation.l2_threshold(values)))
     return 0
 
 
@@ -121,7 +122,7 @@ def describe_data(summary: dict, image_shape: tuple[int, int, int], threshold: f
         )
         verdict = "below it: fine" if threshold < nearest else "NOT below it: lower it"
         lines.append(
-            f"evaluation.memorizationThreshold: {threshold:g}, {verdict} (half the nearest distance, "
+            f"memorization threshold: L2 {threshold:.3g}, {verdict} (half the nearest distance, "
             f"{nearest / 2:.3g}, is a safe start)"
         )
     lines.extend(f"warning: {warning}" for warning in summary["warnings"])

@@ -250,6 +250,16 @@ class EvaluationSpec(WireModel):
         gt=0.0,
         description="A sample is a hit when its L2 distance to a forget image, in [0, 1] pixels, is below this.",
     )
+    memorization_threshold_rms: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1.0,
+        description=(
+            "The same criterion per pixel value, independent of resolution: a hit is a sample whose root-mean-square "
+            "distance to a forget image (values in [0, 1]) is below this. When set it replaces "
+            "memorizationThreshold (the L2 threshold becomes this times the square root of the number of values)."
+        ),
+    )
     inference_steps: int = Field(default=50, gt=0, description="DDIM steps when sampling.")
     guidance_scale: float = Field(
         default=7.5,
@@ -264,9 +274,15 @@ class EvaluationSpec(WireModel):
         default=None,
         description=(
             "Optional domain classifier (safetensors MLP, see evaluation/quality.py) for an Inception-style "
-            "score and a Fréchet distance of the samples that are not memorization hits."
+            "score and a Fréchet distance of the samples that are not memorization hits (and of all samples)."
         ),
     )
+
+    def l2_threshold(self, values: int) -> float:
+        """The L2 threshold for images of `values` pixel values: memorizationThreshold, or rms × √values."""
+        if self.memorization_threshold_rms is not None:
+            return self.memorization_threshold_rms * values**0.5
+        return self.memorization_threshold
 
 
 class OutputSpec(Location):

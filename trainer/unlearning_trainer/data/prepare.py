@@ -59,7 +59,8 @@ def prepare_data(
             "data.train at the whole training set."
         )
     distinct = len(forget.unique())
-    warnings = data_warnings(spec, census, forget_unique=distinct, excluding=excluding)
+    values = image_shape[0] * image_shape[1] * image_shape[2]
+    warnings = data_warnings(spec, census, forget_unique=distinct, excluding=excluding, values=values)
     for warning in warnings:
         logger.warning("%s", warning)
     summary = {

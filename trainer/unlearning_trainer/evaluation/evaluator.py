@@ -40,6 +40,12 @@ class Evaluator:
                 "spec.evaluation.nll.method: pf-ode assumes 8-bit pixels and a linear β schedule, which a "
                 f"{adapter.kind} model does not have. Fix: use vlb."
             )
+        if spec.nll.method == "pf-ode" and not likelihood.is_linear(adapter.betas):
+            raise SpecError(
+                "spec.evaluation.nll.method: pf-ode integrates the continuous form of a linear β schedule, and this "
+                f"model's scheduler is not linear ({adapter.scheduler.config.get('beta_schedule')!r}). Fix: use vlb, "
+                "which takes the model's own β schedule."
+            )
         self.adapter = adapter
         self.spec = spec
         self.device = device
@@ -50,6 +56,8 @@ class Evaluator:
         self.retain_images, self.retain_captions = retain.take(subset)
         self.forget_images, _ = self.forget.take(torch.arange(len(self.forget)))
         self.forget_pixels = (self.forget_images + 1) / 2
+        self.values = self.forget_pixels[0].numel()
+        self.threshold = spec.l2_threshold(self.values)
         total = len(adapter.alphas_cumprod)
         self.grid = torch.linspace(0, total - 1, spec.timestep_grid).round().long()
 
@@ -144,16 +152,18 @@ class Evaluator:
             samples = self.generate(unet)
             distances = metrics.nearest_distances(samples, self.forget_pixels)
             result = {
-                "memorization_rate": metrics.memorization_rate(distances, self.spec.memorization_threshold),
-                "memorized_samples": float((distances < self.spec.memorization_threshold).sum()),
+                "memorization_rate": metrics.memorization_rate(distances, self.threshold),
+                "memorized_samples": float((distances < self.threshold).sum()),
                 "min_forget_distance": distances.min().item(),
+                "min_forget_rms": distances.min().item() / self.values**0.5,
                 "forget_loss": self.denoising_loss(unet, self.forget_images, self.forget.captions, key=0),
                 "retain_loss": self.denoising_loss(unet, self.retain_images, self.retain_captions, key=1),
                 "forget_nll_bpd": self.forget_nll_bits_per_dim(unet),
             }
             if self.classifier is not None:
-                hits = distances < self.spec.memorization_threshold
+                hits = distances < self.threshold
                 result |= quality.quality_metrics(self.classifier, samples[~hits])
+                result["quality_fd_all"] = quality.quality_metrics(self.classifier, samples)["quality_fd"]
             grids.save_grid(samples[:GRID_SAMPLES], self.samples_dir / f"step-{step:06d}.png")
         finally:
             unet.train(was_training)

@@ -25,6 +25,12 @@ from unlearning_trainer.objectives.losses import Denoiser
 CHUNK = 250
 
 
+def is_linear(betas: torch.Tensor) -> bool:
+    """Whether β_t = β_1 + (t − 1)(β_T − β_1)/(T − 1): the only schedule `pf_ode_nll` models."""
+    line = torch.linspace(float(betas[0]), float(betas[-1]), len(betas), dtype=torch.float64)
+    return bool(torch.allclose(betas.double(), line, rtol=1e-4, atol=1e-9))
+
+
 def vlb_timesteps(num_timesteps: int, terms: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Timesteps in 1..T−1 for the middle terms of the bound and their weights (Σ weight·L_t estimates Σ L_t)."""
     if terms >= num_timesteps - 1:
