@@ -156,3 +156,34 @@ def test_clipping_caps_the_global_norm(unet: torch.nn.Module):
     stats = stepper(0, [_batch(unet)])
     assert stats["grad_norm"] > 1.0
     assert gradients.global_norm(optimizer.seen[0]) == pytest.approx(1.0, rel=1e-4)
+
+
+def test_gradient_checkpointing_leaves_both_siss_gradients_unchanged(monkeypatch):
+    """diffusers' switch recomputes activations in the backward pass: less memory, the same keep and forget
+    gradients (compared exactly up to float rounding of the recomputation)."""
+    import torch.utils.checkpoint
+
+    recomputed_blocks = []
+    checkpoint = torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(
+        torch.utils.checkpoint, "checkpoint", lambda *a, **k: recomputed_blocks.append(1) or checkpoint(*a, **k)
+    )
+    generator = torch.Generator().manual_seed(0)
+    keep, forget = torch.rand(4, 1, 8, 8, generator=generator) * 2 - 1, torch.rand(4, 1, 8, 8, generator=generator)
+    noise = losses.draw_noise(keep.shape, builders.ddpm_scheduler().alphas_cumprod, generator)
+
+    def gradients_with(checkpointing: bool) -> list[torch.Tensor]:
+        unet = builders.tiny_unet(sample_size=8, block_out_channels=(8, 16), seed=3).train()
+        if checkpointing:
+            unet.enable_gradient_checkpointing()
+        assert unet.is_gradient_checkpointing == checkpointing
+        terms = losses.siss(lambda m, t: unet(m, t).sample, keep, forget, noise, 0.5)
+        params = [p for p in unet.parameters() if p.requires_grad]
+        return [*torch.autograd.grad(terms.keep, params, retain_graph=True), *torch.autograd.grad(terms.forget, params)]
+
+    plain = gradients_with(False)
+    assert not recomputed_blocks
+    recomputed = gradients_with(True)
+    assert recomputed_blocks, "the blocks must really run under torch.utils.checkpoint"
+    for a, b in zip(plain, recomputed, strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)

@@ -285,3 +285,14 @@ def test_the_rms_threshold_replaces_the_l2_one(workspace, job_document):
     metrics = run_job(resolve_local_uris(parse_job(job_document), workspace), show_progress=False).metrics
     assert metrics["before"]["memorization_rate"] == 1.0
     assert "memorizationThreshold (8)" in metrics["data"]["warnings"][0]
+
+
+def test_gradient_checkpointing_trains_the_same_weights(workspace, job_document):
+    job_document["spec"]["training"]["steps"] = 2
+    run_job(resolve_local_uris(parse_job(job_document), workspace), show_progress=False)
+    job_document["spec"]["training"]["gradientCheckpointing"] = True
+    job_document["spec"]["output"]["uri"] = "out-checkpointed"
+    run_job(resolve_local_uris(parse_job(job_document), workspace), show_progress=False)
+    plain = load_file(workspace / "out" / "unet" / "diffusion_pytorch_model.safetensors")
+    checkpointed = load_file(workspace / "out-checkpointed" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.allclose(plain[key], checkpointed[key], rtol=1e-4, atol=1e-6) for key in plain)

@@ -137,6 +137,8 @@ def train(
     """
     training = spec.training
     adapter.unet.train()
+    if training.gradient_checkpointing:
+        adapter.unet.enable_gradient_checkpointing()
     optimizer = torch.optim.AdamW(
         adapter.unet.parameters(),
         lr=training.learning_rate,
