@@ -96,6 +96,7 @@ CASES = [
     Case("warmup-with-cosine", _set("spec.training", {"lrScheduler": "cosine", "lrWarmupSteps": 10}), None),
     Case("train-instead-of-retain", _TRAIN_NOT_RETAIN, None),
     Case("rms-threshold", _set("spec.evaluation.memorizationThresholdRms", 0.05), None),
+    Case("bf16", _set("spec.training.mixedPrecision", "bf16"), None),
     Case("train-with-near-duplicates", _both(_TRAIN_NOT_RETAIN, _set("spec.data.nearDuplicateDistance", 0.02)), None),
     Case("train-with-retain-null", _both(_TRAIN_NOT_RETAIN, _set("spec.data.retain", None)), None),
     Case(
@@ -159,6 +160,7 @@ CASES = [
         "spec.data.nearDuplicateDistance",
     ),
     Case("unknown-data-format", _set("spec.data.retain.format", "tfrecord"), "spec.data.retain.format"),
+    Case("fp16", _set("spec.training.mixedPrecision", "fp16"), "spec.training.mixedPrecision"),
     Case(
         "rms-threshold-above-1",
         _set("spec.evaluation.memorizationThresholdRms", 1.5),

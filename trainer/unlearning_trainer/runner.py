@@ -135,7 +135,7 @@ def run_job(
 
     output_storage = storage_for(spec.output.uri, endpoint=endpoint)
     workdir = output_storage.workdir(spec.output.uri)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=spec.training.mixed_precision)
     main = accelerator.is_main_process
     if not main:
         tracker = NullTracker()

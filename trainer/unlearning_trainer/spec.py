@@ -177,6 +177,11 @@ WARMUP_WITHOUT_SCHEDULE = (
     "spec.training.lrWarmupSteps is set but spec.training.lrScheduler is constant, which has no warm-up. "
     "Fix: use constant_with_warmup, linear or cosine, or drop lrWarmupSteps."
 )
+FP16_REFUSED = (
+    "spec.training.mixedPrecision: fp16 needs loss scaling, and the norm-fixed two-gradient step (SISS) would have "
+    "to unscale both gradients before fixing the forget norm and clipping, which this trainer does not do. Fix: "
+    "use bf16 (GPUs since Ampere, and CPUs) or no."
+)
 WARMUP_TOO_LONG = (
     "spec.training.lrWarmupSteps must be less than spec.training.steps. Fix: shorten the warm-up or train longer."
 )
@@ -192,6 +197,7 @@ class TrainingSpec(WireModel):
                     ".lrWarmupSteps",
                 ),
                 cel_rule("self.lrWarmupSteps < self.steps", WARMUP_TOO_LONG, ".lrWarmupSteps"),
+                cel_rule("self.mixedPrecision != 'fp16'", FP16_REFUSED, ".mixedPrecision"),
             ]
         }
     )
@@ -215,6 +221,14 @@ class TrainingSpec(WireModel):
     seed: int = Field(default=42, ge=0)
     checkpoint_every: int = Field(default=100, gt=0, description="Save a resumable checkpoint every N steps.")
     checkpoints_to_keep: int = Field(default=2, ge=1, description="Older checkpoints are deleted.")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
+        default="no",
+        description=(
+            "Run the U-Net's forward and backward passes in bfloat16 (accelerate's autocast; the weights, the "
+            "optimizer and the loss arithmetic stay float32). fp16 is refused: it needs loss scaling, which the "
+            "two-gradient steps here do not do."
+        ),
+    )
     gradient_checkpointing: bool = Field(
         default=False,
         description=(
@@ -232,6 +246,12 @@ class TrainingSpec(WireModel):
                 f"spec.training.lrWarmupSteps ({self.lr_warmup_steps}) must be less than spec.training.steps "
                 f"({self.steps}). Fix: shorten the warm-up or train longer."
             )
+        return self
+
+    @model_validator(mode="after")
+    def _no_fp16(self) -> TrainingSpec:
+        if self.mixed_precision == "fp16":
+            raise ValueError(FP16_REFUSED)
         return self
 
 

@@ -29,8 +29,9 @@ def to_epsilon(
     """ε̂ = output (ε); √ᾱ_t·v̂ + √(1−ᾱ_t)·x_t (v); (x_t − √ᾱ_t·x̂₀)/√(1−ᾱ_t) (sample)."""
     if prediction == "epsilon":
         return output
+    output, noisy = output.float(), noisy.float()
     shape = (-1,) + (1,) * (output.dim() - 1)
-    alpha = alphas_cumprod.to(output.device)[t.to(output.device)].to(output.dtype).reshape(shape)
+    alpha = alphas_cumprod.to(output.device)[t.to(output.device)].float().reshape(shape)
     if prediction == "v_prediction":
         return alpha.sqrt() * output + (1 - alpha).sqrt() * noisy
     return (noisy - alpha.sqrt() * output) / (1 - alpha).sqrt()
