@@ -125,6 +125,7 @@ def test_a_training_set_with_the_forget_images_gives_the_run_a_hand_made_retain_
     reference = load_file(workspace / "out" / "unet" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(trained[key], reference[key]) for key in reference)
     record = json.loads((workspace / "out-train" / "audit.json").read_text())["data"]
+    assert record["sha256"] == data["sha256"] == by_retain["data"]["sha256"], "the same retained images, in order"
     assert (record["retainFrom"], record["scanned"], record["retained"], record["excludedExactCopies"]) == (
         "train",
         51,

@@ -150,6 +150,7 @@ def _data_section(job: UnlearningJob, data: dict[str, Any] | None) -> dict[str, 
         "nearDuplicateDistance": spec.near_duplicate_distance,
         "forgetImagesFound": data["forgetFound"],
         "nearestRetainedDistance": data["nearestKeptDistance"],
+        "sha256": data["sha256"],
         "warnings": data["warnings"],
     }
 
