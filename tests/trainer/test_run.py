@@ -318,3 +318,21 @@ def test_a_bf16_run_lands_close_to_the_fp32_run(workspace, job_document):
     assert not torch.equal(full, half), "bf16 must actually change the arithmetic"
     assert torch.nn.functional.cosine_similarity(full, half, dim=0) > 0.95
     assert abs(half.norm() / full.norm() - 1) < 0.1
+
+
+def test_training_stops_once_the_request_is_met_and_a_rerun_has_nothing_left(workspace, job_document):
+    job_document["spec"]["training"] |= {"steps": 8, "stopWhen": {"maxMemorizationRate": 1.0, "evaluations": 2}}
+    job = write_job(workspace, job_document)
+    first = unlearn("run", str(job), "--no-progress")
+    assert first.returncode == 0, first.stderr
+    assert "training.stopWhen met at step 4 of 8" in first.stderr
+    metrics = json.loads((workspace / "out" / "metrics.json").read_text())
+    assert (metrics["steps"], metrics["stoppedEarly"]) == (4, True)
+    assert [entry["step"] for entry in metrics["history"]] == [0, 2, 4]
+    assert sorted(p.name for p in (workspace / "out" / "checkpoints").iterdir())[-1] == "step-000004"
+    assert "after 4 steps (training.stopWhen met)" in unlearn("report", str(workspace / "out")).stdout
+
+    again = unlearn("run", str(job), "--no-progress")
+    assert again.returncode == 0, again.stderr
+    metrics = json.loads((workspace / "out" / "metrics.json").read_text())
+    assert (metrics["steps"], metrics["resumedFrom"], metrics["stoppedEarly"]) == (4, 4, True)

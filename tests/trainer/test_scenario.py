@@ -75,3 +75,10 @@ def test_demo_code_path_writes_a_complete_report(tmp_path):
     assert "memorization rate" in table and "after 2 steps" in table
     assert json.loads((tmp_path / "metrics.json").read_text())["spec"]["method"]["name"] == "siss"
     DDPMPipeline.from_pretrained(tmp_path / "model", use_safetensors=True)
+
+
+def test_the_demo_can_stop_as_soon_as_the_glyph_is_forgotten(tmp_path):
+    plain = demo.demo_job(demo.DemoSettings(), tmp_path).spec.training
+    stopping = demo.demo_job(demo.DemoSettings(stop_when_forgotten=True), tmp_path).spec.training
+    assert plain.stop_when is None
+    assert (stopping.stop_when.max_memorization_rate, stopping.stop_when.evaluations) == (0.0, 2)

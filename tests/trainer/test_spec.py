@@ -151,3 +151,20 @@ def test_degenerate_lambda_is_allowed_but_warned(method, warned, job_document, t
     assert main(["validate", str(path)]) == 0
     err = capsys.readouterr().err
     assert ("warning: " in err) == (warned is not None)
+
+
+def test_stop_when_needs_consecutive_evaluations_after_the_start():
+    from unlearning_trainer.spec import StopWhen
+
+    rule = StopWhen(maxMemorizationRate=0.0, minForgetNll=10.0, evaluations=2)
+    history = [{"step": 0, "memorization_rate": 0.0, "forget_nll_bpd": 20.0}]
+    assert not rule.met(history), "the untouched model never counts"
+    history.append({"step": 50, "memorization_rate": 0.0, "forget_nll_bpd": 12.0})
+    assert not rule.met(history), "one evaluation is not two"
+    history.append({"step": 100, "memorization_rate": 0.0, "forget_nll_bpd": 9.0})
+    assert not rule.met(history), "both bounds must hold"
+    history.append({"step": 150, "memorization_rate": 0.0, "forget_nll_bpd": 11.0})
+    assert not rule.met(history), "the streak restarts after a miss"
+    history.append({"step": 200, "memorization_rate": 0.0, "forget_nll_bpd": 13.0})
+    assert rule.met(history)
+    assert StopWhen(maxMemorizationRate=0.0, evaluations=1).met(history[:2])

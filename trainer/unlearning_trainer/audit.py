@@ -126,6 +126,7 @@ def build_record(
         "codeVersion": code_version(),
         "status": metrics.get("status"),
         "steps": metrics.get("steps"),
+        "stoppedEarly": metrics.get("stoppedEarly", False),
         "metricsBefore": before,
         "metricsAfter": after,
         "verdict": verdict(job, before, after) if before and after else None,
@@ -162,7 +163,7 @@ def render(record: dict[str, Any]) -> str:
         f"Unlearning audit record — job {request['job']}"
         + (f" (request {request['id']})" if request.get("id") else ""),
         f"  created {record['createdAt']}, code {record['codeVersion']}, status {record['status']} "
-        f"after {record['steps']} steps",
+        f"after {record['steps']} steps" + (" (training.stopWhen met)" if record.get("stoppedEarly") else ""),
         f"  method {record['method']['name']} "
         + ", ".join(f"{k}={v}" for k, v in record["method"].items() if k != "name" and v is not None),
         f"  forgot {record['forgotten']['count']} files ({record['forgotten']['distinct']} distinct)",

@@ -151,7 +151,13 @@ def _operator(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from unlearning_trainer.demo import DemoSettings, format_table, run_demo
 
-    settings = DemoSettings(case=args.case, method=args.method, steps=args.steps, samples=args.samples)
+    settings = DemoSettings(
+        case=args.case,
+        method=args.method,
+        steps=args.steps,
+        samples=args.samples,
+        stop_when_forgotten=args.stop_when_forgotten,
+    )
     sys.stdout.write(
         f"Unlearning the memorized {args.case} from the shipped digits model with {args.method} "
         f"({args.steps} steps, CPU)...\n"
@@ -214,6 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=150, help="optimizer steps")
     demo.add_argument("--samples", type=int, default=512, help="samples per evaluation")
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    demo.add_argument(
+        "--stop-when-forgotten",
+        action="store_true",
+        help="stop at the second evaluation in a row without a memorized sample (training.stopWhen)",
+    )
     demo.set_defaults(handler=_demo)
     return parser
 

@@ -43,6 +43,8 @@ class DemoSettings:
     evaluate_every: int = 50
     samples: int = 512
     seed: int = 42
+    stop_when_forgotten: bool = False
+    """Stop at the second evaluation in a row without a memorized sample (training.stopWhen)."""
 
 
 def verify_manifest(root: Path = SCENARIO) -> int:
@@ -76,6 +78,9 @@ def demo_job(settings: DemoSettings, output: Path, root: Path = SCENARIO) -> Unl
                 "learningRate": 1e-4,
                 "seed": settings.seed,
                 "checkpointEvery": settings.evaluate_every,
+                **(
+                    {"stopWhen": {"maxMemorizationRate": 0.0, "evaluations": 2}} if settings.stop_when_forgotten else {}
+                ),
             },
             "evaluation": {
                 "every": settings.evaluate_every,

@@ -192,6 +192,7 @@ def run_job(
         metrics = {
             "status": "interrupted" if result.interrupted else "succeeded",
             "steps": result.steps,
+            "stoppedEarly": result.stopped_early,
             "resumedFrom": result.resumed_from,
             "processes": accelerator.num_processes,
             "trainSeconds": result.train_seconds,

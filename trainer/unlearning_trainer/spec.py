@@ -187,6 +187,51 @@ WARMUP_TOO_LONG = (
 )
 
 
+STOP_WHEN_EMPTY = (
+    "spec.training.stopWhen needs maxMemorizationRate, minForgetNll or both. Fix: add one, or drop stopWhen."
+)
+
+
+class StopWhen(WireModel):
+    """End training as soon as the request is met, to spend the least quality on it."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel_rule("has(self.maxMemorizationRate) || has(self.minForgetNll)", STOP_WHEN_EMPTY),
+            ]
+        }
+    )
+
+    max_memorization_rate: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Met when the memorization rate is at most this."
+    )
+    min_forget_nll: float | None = Field(
+        default=None, ge=0.0, description="Met when the forget-set NLL (bits/dim) is at least this."
+    )
+    evaluations: int = Field(
+        default=2,
+        ge=1,
+        le=100,
+        description="Consecutive evaluations that must meet it (one zero-hit draw can be luck).",
+    )
+
+    @model_validator(mode="after")
+    def _something_to_meet(self) -> StopWhen:
+        if self.max_memorization_rate is None and self.min_forget_nll is None:
+            raise ValueError(STOP_WHEN_EMPTY)
+        return self
+
+    def met(self, history: list[dict[str, Any]]) -> bool:
+        """Whether the last `evaluations` evaluations after step 0 all meet every given bound."""
+        recent = [entry for entry in history if entry["step"] > 0][-self.evaluations :]
+        return len(recent) == self.evaluations and all(
+            (self.max_memorization_rate is None or entry["memorization_rate"] <= self.max_memorization_rate)
+            and (self.min_forget_nll is None or entry["forget_nll_bpd"] >= self.min_forget_nll)
+            for entry in recent
+        )
+
+
 class TrainingSpec(WireModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -227,6 +272,13 @@ class TrainingSpec(WireModel):
             "Run the U-Net's forward and backward passes in bfloat16 (accelerate's autocast; the weights, the "
             "optimizer and the loss arithmetic stay float32). fp16 is refused: it needs loss scaling, which the "
             "two-gradient steps here do not do."
+        ),
+    )
+    stop_when: StopWhen | None = Field(
+        default=None,
+        description=(
+            "Stop before `steps` once the request is met at consecutive evaluations (every evaluation.every "
+            "steps); the audit record says at which step."
         ),
     )
     gradient_checkpointing: bool = Field(

@@ -3,10 +3,10 @@
 A job resumes from its newest checkpoint. If the job file changed in between (another method, learning rate,
 data or base model), resuming would finish a run that no spec describes and publish an audit record naming a
 method that did not train the weights; the trainer refuses instead and says what changed. Checkpoint
-bookkeeping (`checkpointEvery`, `checkpointsToKeep`), gradient checkpointing, evaluation settings and the
-number of workers do not change the weights (global batches are the same for any world size), so they may
-change between attempts; so may `training.steps` under a constant learning rate, whose first N steps do not
-depend on the total (training longer continues the same run), but not under a schedule that does.
+bookkeeping (`checkpointEvery`, `checkpointsToKeep`), gradient checkpointing, the stopping rule, evaluation
+settings and the number of workers do not change the weights (global batches are the same for any world size),
+so they may change between attempts; so may `training.steps` under a constant learning rate, whose first N
+steps do not depend on the total (training longer continues the same run), but not under a schedule that does.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 from unlearning_trainer.errors import SpecError
 from unlearning_trainer.spec import UnlearningJobSpec
 
-BOOKKEEPING = {"checkpoint_every", "checkpoints_to_keep", "gradient_checkpointing"}
+BOOKKEEPING = {"checkpoint_every", "checkpoints_to_keep", "gradient_checkpointing", "stop_when"}
 """Settings that change how training runs, never the weights it produces."""
 LENGTH_FREE_SCHEDULES = ("constant", "constant_with_warmup")
 

@@ -54,6 +54,8 @@ class TrainingResult:
     interrupted: bool = False
     train_seconds: float = 0.0
     """Wall time inside optimizer steps only (no evaluation, no checkpoints)."""
+    stopped_early: bool = False
+    """training.stopWhen was met before training.steps."""
 
 
 class _Preemption:
@@ -209,8 +211,10 @@ def train(
     )
     interrupted = False
     train_seconds = 0.0
+    met = _request_met(spec, state.history, accelerator)
+    last = resumed_from if met else training.steps  # a run that stopped early and is rerun has nothing left
     with _Preemption() as preemption:
-        for step in range(resumed_from, training.steps):
+        for step in range(resumed_from, last):
             started = time.perf_counter()
             torch.manual_seed(seed_for(training.seed, step, accelerator.process_index, GLOBAL_RNG_STREAM))
             stats = stepper(step, _micro_batches(spec, adapter, data, samplers, unet, accelerator, step))
@@ -225,9 +229,13 @@ def train(
                 on_progress(state.step, training.steps)
             if state.step % spec.evaluation.every == 0 or state.step == training.steps:
                 evaluate(state.step)
-            stop = _stop_requested(accelerator, preemption.requested)
-            if state.step % training.checkpoint_every == 0 or stop:
+                met = _request_met(spec, state.history, accelerator)
+            stop = _any_rank(accelerator, preemption.requested)
+            if state.step % training.checkpoint_every == 0 or stop or met:
                 checkpoint()
+            if met:
+                logger.info("training.stopWhen met at step %d of %d", state.step, training.steps)
+                break
             if stop:
                 interrupted = True
                 break
@@ -238,11 +246,18 @@ def train(
         history=state.history,
         interrupted=interrupted,
         train_seconds=train_seconds,
+        stopped_early=met and state.step < training.steps,
     )
 
 
-def _stop_requested(accelerator: Accelerator, local: bool) -> bool:
-    """True on every rank as soon as one rank received SIGTERM."""
+def _request_met(spec: UnlearningJobSpec, history: list[dict[str, Any]], accelerator: Accelerator) -> bool:
+    """training.stopWhen against the evaluations so far (only rank 0 evaluates; every rank learns the answer)."""
+    rule = spec.training.stop_when
+    return rule is not None and _any_rank(accelerator, accelerator.is_main_process and rule.met(history))
+
+
+def _any_rank(accelerator: Accelerator, local: bool) -> bool:
+    """True on every rank as soon as it is true on one (a SIGTERM, or rank 0's evaluation verdict)."""
     if accelerator.num_processes == 1:
         return local
     flag = torch.tensor([1.0 if local else 0.0], device=accelerator.device)
