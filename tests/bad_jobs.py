@@ -98,6 +98,7 @@ CASES = [
     Case("rms-threshold", _set("spec.evaluation.memorizationThresholdRms", 0.05), None),
     Case("bf16", _set("spec.training.mixedPrecision", "bf16"), None),
     Case("stop-when-forgotten", _set("spec.training.stopWhen", {"maxMemorizationRate": 0.0}), None),
+    Case("relearning-probe", _set("spec.audit.relearningSteps", 200), None),
     Case("train-with-near-duplicates", _both(_TRAIN_NOT_RETAIN, _set("spec.data.nearDuplicateDistance", 0.02)), None),
     Case("train-with-retain-null", _both(_TRAIN_NOT_RETAIN, _set("spec.data.retain", None)), None),
     Case(
@@ -163,6 +164,7 @@ CASES = [
     Case("unknown-data-format", _set("spec.data.retain.format", "tfrecord"), "spec.data.retain.format"),
     Case("fp16", _set("spec.training.mixedPrecision", "fp16"), "spec.training.mixedPrecision"),
     Case("stop-when-nothing", _set("spec.training.stopWhen", {"evaluations": 2}), "spec.training.stopWhen"),
+    Case("relearning-negative", _set("spec.audit.relearningSteps", -1), "spec.audit.relearningSteps"),
     Case(
         "rms-threshold-above-1",
         _set("spec.evaluation.memorizationThresholdRms", 1.5),

@@ -336,3 +336,24 @@ def test_training_stops_once_the_request_is_met_and_a_rerun_has_nothing_left(wor
     assert again.returncode == 0, again.stderr
     metrics = json.loads((workspace / "out" / "metrics.json").read_text())
     assert (metrics["steps"], metrics["resumedFrom"], metrics["stoppedEarly"]) == (4, 4, True)
+
+
+def test_the_relearning_probe_fine_tunes_a_copy_and_reports_beside_the_verdict(workspace, job_document):
+    job_document["spec"]["training"]["steps"] = 2
+    run_job(resolve_local_uris(parse_job(job_document), workspace), show_progress=False)
+    job_document["spec"]["audit"] = {"relearningSteps": 3}
+    job_document["spec"]["output"]["uri"] = "out-probed"
+    metrics = run_job(resolve_local_uris(parse_job(job_document), workspace), show_progress=False).metrics
+    probe = metrics["relearning"]
+    assert probe["steps"] == 3 and 0 <= probe["memorization_rate"] <= 1 and np.isfinite(probe["forget_nll_bpd"])
+    assert probe["forget_loss"] != metrics["after"]["forget_loss"], "the probe evaluates the fine-tuned copy"
+    assert (workspace / "out-probed" / "samples" / "relearning-probe.png").is_file()
+    published = load_file(workspace / "out-probed" / "unet" / "diffusion_pytorch_model.safetensors")
+    unprobed = load_file(workspace / "out" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(published[key], unprobed[key]) for key in unprobed), "the published model is untouched"
+    record = json.loads((workspace / "out-probed" / "audit.json").read_text())
+    assert record["relearning"] == probe and record["verdict"] is not None
+    assert (
+        "relearning probe: after 3 steps of fine-tuning on retain data only"
+        in unlearn("report", str(workspace / "out-probed")).stdout
+    )

@@ -130,6 +130,7 @@ def build_record(
         "metricsBefore": before,
         "metricsAfter": after,
         "verdict": verdict(job, before, after) if before and after else None,
+        "relearning": metrics.get("relearning"),
         "tracking": tracking,
         "limits": [line.format(samples=samples, upper=3.0 / samples) for line in LIMITS],
     }
@@ -182,6 +183,12 @@ def render(record: dict[str, Any]) -> str:
         for check in record["verdict"]["checks"]:
             mark = "ok " if check["passed"] else "NO "
             lines.append(f"    [{mark}] {check['check']}: {check['value']:.4g} (needs {check['threshold']})")
+    relearning = record.get("relearning")
+    if relearning:
+        lines.append(
+            f"  relearning probe: after {relearning['steps']:.0f} steps of fine-tuning on retain data only, "
+            f"memorization rate {relearning['memorization_rate']:.4g}, forget NLL {relearning['forget_nll_bpd']:.4g}"
+        )
     lines.append("  limits of this evidence:")
     lines.extend(f"    - {limit}" for limit in record["limits"])
     return "\n".join(lines)

@@ -203,6 +203,12 @@ def run_job(
             "after": result.history[-1] if result.history else None,
             "history": result.history,
         }
+        if main and spec.audit.relearning_steps and not result.interrupted:
+            from unlearning_trainer.evaluation.relearning import relearning_probe
+
+            unet = accelerator.unwrap_model(adapter.unet)
+            metrics["relearning"] = relearning_probe(spec, adapter, unet, retain, evaluator, device=accelerator.device)
+            tracker.log_metrics({f"relearning/{k}": v for k, v in metrics["relearning"].items()}, step=result.steps)
         if main:
             _finish(job, workdir, adapter, accelerator, tracker, metrics, output_storage, model_digest, forget)
     except Exception as exc:

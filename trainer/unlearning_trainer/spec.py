@@ -407,6 +407,16 @@ class AuditSpec(WireModel):
     max_retain_loss_increase: float = Field(
         default=0.1, ge=0.0, description="Verdict: the retain loss may grow by at most this fraction."
     )
+    relearning_steps: int = Field(
+        default=0,
+        ge=0,
+        le=100_000,
+        description=(
+            "Relearning probe: after training, fine-tune a copy of the unlearned U-Net this many steps on retain "
+            "data only and measure memorization and forget NLL again (does plain fine-tuning bring the data "
+            "back?); reported beside the verdict. 0 skips it."
+        ),
+    )
 
 
 class RunPolicySpec(WireModel):

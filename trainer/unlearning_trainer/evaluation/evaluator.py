@@ -143,8 +143,9 @@ class Evaluator:
             ]
         )
 
-    def __call__(self, unet: torch.nn.Module, step: int) -> dict[str, float]:
-        """All metrics of `unet` (unwrapped) at `step`; writes the sample grid as samples/step-NNNNNN.png."""
+    def __call__(self, unet: torch.nn.Module, step: int, *, grid_name: str | None = None) -> dict[str, float]:
+        """All metrics of `unet` (unwrapped) at `step`; writes the sample grid as samples/step-NNNNNN.png (or
+        samples/<grid_name>.png)."""
         started = time.perf_counter()
         was_training = unet.training
         unet.eval()
@@ -164,7 +165,7 @@ class Evaluator:
                 hits = distances < self.threshold
                 result |= quality.quality_metrics(self.classifier, samples[~hits])
                 result["quality_fd_all"] = quality.quality_metrics(self.classifier, samples)["quality_fd"]
-            grids.save_grid(samples[:GRID_SAMPLES], self.samples_dir / f"step-{step:06d}.png")
+            grids.save_grid(samples[:GRID_SAMPLES], self.samples_dir / f"{grid_name or f'step-{step:06d}'}.png")
         finally:
             unet.train(was_training)
         result["eval_seconds"] = time.perf_counter() - started
