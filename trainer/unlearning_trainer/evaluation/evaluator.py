@@ -96,7 +96,8 @@ class Evaluator:
         values = []
         for index in range(len(self.forget)):
             image = self.adapter.to_diffusion_space(self.forget_images[index : index + 1].to(self.device))[0]
-            denoise = self.adapter.denoiser(unet, self.forget.take(torch.tensor([index]))[1])
+            caption = None if self.forget.captions is None else [self.forget.captions[index]]
+            denoise = self.adapter.denoiser(unet, caption)
             generator = generator_for(self.spec.seed, 2, index)
             if self.spec.nll.method == "vlb":
                 nats = likelihood.vlb_nll(
@@ -164,7 +165,7 @@ class Evaluator:
             if self.classifier is not None:
                 hits = distances < self.threshold
                 result |= quality.quality_metrics(self.classifier, samples[~hits])
-                result["quality_fd_all"] = quality.quality_metrics(self.classifier, samples)["quality_fd"]
+                result["quality_fd_all"] = quality.frechet_to_reference(self.classifier, samples)
             grids.save_grid(samples[:GRID_SAMPLES], self.samples_dir / f"{grid_name or f'step-{step:06d}'}.png")
         finally:
             unet.train(was_training)

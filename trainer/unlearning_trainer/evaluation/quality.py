@@ -63,15 +63,21 @@ def frechet_distance(mean1: torch.Tensor, cov1: torch.Tensor, mean2: torch.Tenso
     return float(diff @ diff + np.trace(cov1.numpy()) + np.trace(cov2.numpy()) - 2 * np.trace(covmean))
 
 
+def frechet_to_reference(classifier: DomainClassifier, samples: torch.Tensor) -> float:
+    """Fréchet distance of `samples` in [0, 1] to the classifier's reference statistics (NaN below 2 samples)."""
+    if len(samples) < 2:
+        return float("nan")
+    mean, cov = feature_statistics(classifier.features(samples))
+    return frechet_distance(mean, cov, classifier.tensors["reference_mean"], classifier.tensors["reference_cov"])
+
+
 def quality_metrics(classifier: DomainClassifier, samples: torch.Tensor) -> dict[str, float]:
     """Inception-style score, Fréchet distance to the reference and mean confidence of `samples` in [0, 1]."""
     if len(samples) < 2:
         return {"quality_is": float("nan"), "quality_fd": float("nan"), "quality_confidence": float("nan")}
     probabilities = classifier.probabilities(samples)
-    mean, cov = feature_statistics(classifier.features(samples))
-    reference = classifier.tensors["reference_mean"], classifier.tensors["reference_cov"]
     return {
         "quality_is": inception_score(probabilities),
-        "quality_fd": frechet_distance(mean, cov, *reference),
+        "quality_fd": frechet_to_reference(classifier, samples),
         "quality_confidence": probabilities.max(1).values.mean().item(),
     }
