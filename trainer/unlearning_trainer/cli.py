@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
 from unlearning_trainer import __version__, logs, termination
 from unlearning_trainer.advice import spec_warnings
 from unlearning_trainer.errors import SpecError, UnlearningError
-from unlearning_trainer.spec import METHODS, UnlearningJob, dump_job, load_job
+from unlearning_trainer.spec import METHODS, EvaluationSpec, UnlearningJob, dump_job, load_job
 
 INTERRUPTED_EXIT_CODE = 143
 """128 + SIGTERM: a preempted trainer must not look like a finished one to the Job controller."""
@@ -94,14 +95,14 @@ def _check_data(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
         return 0
-    values = adapter.image_shape[0] * adapter.image_shape[1] * adapter.image_shape[2]
-    sys.stdout.write(describe_data(summary, adapter.image_shape, spec.evaluation.l2_threshold(values)))
+    sys.stdout.write(describe_data(summary, adapter.image_shape, spec.evaluation))
     return 0
 
 
-def describe_data(summary: dict, image_shape: tuple[int, int, int], threshold: float) -> str:
+def describe_data(summary: dict, image_shape: tuple[int, int, int], evaluation: EvaluationSpec) -> str:
     """What `unlearn check-data` prints: the sets, what was excluded, and the room for the threshold."""
-    values = image_shape[0] * image_shape[1] * image_shape[2]
+    values = math.prod(image_shape)
+    threshold = evaluation.l2_threshold(values)
     lines = [f"forget set: {summary['forget']} images ({summary['forgetUnique']} distinct)"]
     if summary["retainFrom"] == "train":
         lines.append(

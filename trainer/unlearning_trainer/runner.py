@@ -152,7 +152,7 @@ def run_job(
             adapter.kind,
             "x".join(map(str, adapter.image_shape)),
             len(forget),
-            len(forget.unique()),
+            data_summary["forgetUnique"],
             len(retain),
         )
         adapter.to(accelerator.device)
