@@ -242,3 +242,24 @@ def test_parquet_rows_that_name_their_image_file_read_it_from_the_dataset_folder
     _path_only_parquet(tmp_path / "elsewhere" / "sub" / "x.parquet", ["../../outside/img-00000.png"])
     with pytest.raises(DataError, match=r"names the image '../../outside/img-00000.png' instead of holding it.*Fix:"):
         load_images(open_source(tmp_path / "elsewhere", field="f", fmt="parquet"), SHAPE)
+
+
+def test_the_pass_logs_its_progress_whenever_a_chunk_crosses_a_tenth(tmp_path, caplog, monkeypatch):
+    """1,200 images read in chunks of 500: every chunk crosses into a new tenth, so each is logged once."""
+    from unlearning_trainer.data.prepare import prepare_data
+    from unlearning_trainer.spec import parse_spec
+
+    builders.write_image_folder(_images(1200, seed=2), tmp_path / "train")
+    builders.write_image_folder(IMAGES[:1], tmp_path / "forget")
+    spec = parse_spec(
+        {
+            "model": {"uri": "m"},
+            "data": {"forget": {"uri": str(tmp_path / "forget")}, "train": {"uri": str(tmp_path / "train")}},
+            "output": {"uri": "o"},
+        }
+    )
+    monkeypatch.setattr(exclusion, "CHUNK_ELEMENTS", 500 * 8 * 8)
+    caplog.set_level("INFO", logger="unlearning_trainer.data")
+    prepare_data(spec, lambda uri, field: Path(uri), SHAPE)
+    checked = [r.getMessage() for r in caplog.records if r.getMessage().startswith("checked")]
+    assert checked == [f"checked {n} of 1200 images of spec.data.train.uri" for n in (500, 1000, 1200)]

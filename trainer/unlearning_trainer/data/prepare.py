@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,10 +40,13 @@ def prepare_data(
     field, location = spec.data.kept
     source = open_source(fetch(location.uri, field), field=field, fmt=location.format)
     excluding = spec.data.train is not None
-    tenth = max(1, len(source) // 10)
+    tenths_logged = 0
 
     def progress(done: int, total: int) -> None:
-        if done == total or done // tenth != (done - 1) // tenth:
+        """Log when a chunk crosses into a new tenth (chunks may be larger than a tenth, or much smaller)."""
+        nonlocal tenths_logged
+        if done * 10 // total > tenths_logged:
+            tenths_logged = done * 10 // total
             logger.info("checked %d of %d images of %s", done, total, field)
 
     census = scan(
@@ -59,8 +63,7 @@ def prepare_data(
             "data.train at the whole training set."
         )
     distinct = len(forget.unique())
-    values = image_shape[0] * image_shape[1] * image_shape[2]
-    warnings = data_warnings(spec, census, forget_unique=distinct, excluding=excluding, values=values)
+    warnings = data_warnings(spec, census, forget_unique=distinct, excluding=excluding, values=math.prod(image_shape))
     for warning in warnings:
         logger.warning("%s", warning)
     summary = {
