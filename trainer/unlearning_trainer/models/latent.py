@@ -17,7 +17,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionPipeline
 
 from unlearning_trainer.models.adapter import sample_in_chunks, spatial_size
-from unlearning_trainer.models.prediction import check_prediction_type, to_epsilon
+from unlearning_trainer.models.prediction import prediction_type, to_epsilon
 from unlearning_trainer.objectives.losses import Denoiser
 
 GENERATION_BATCH = 64
@@ -36,7 +36,7 @@ class LatentAdapter:
         self.scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
         self.alphas_cumprod = self.scheduler.alphas_cumprod.double()
         self.betas = self.scheduler.betas.double()
-        self.prediction = check_prediction_type(self.scheduler.config.get("prediction_type", "epsilon"))
+        self.prediction = prediction_type(self.scheduler.config)
         self.scaling_factor = float(self.vae.config.scaling_factor)
         self.latent_size = spatial_size(self.unet.config.sample_size)
         scale = pipeline.vae_scale_factor

@@ -9,7 +9,7 @@ import torch
 from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from unlearning_trainer.models.adapter import sample_in_chunks, spatial_size
-from unlearning_trainer.models.prediction import check_prediction_type, to_epsilon
+from unlearning_trainer.models.prediction import prediction_type, to_epsilon
 from unlearning_trainer.objectives.losses import Denoiser
 
 GENERATION_BATCH = 256
@@ -24,7 +24,7 @@ class PixelAdapter:
         self.scheduler = scheduler
         self.alphas_cumprod = scheduler.alphas_cumprod.double()
         self.betas = scheduler.betas.double()
-        self.prediction = check_prediction_type(scheduler.config.get("prediction_type", "epsilon"))
+        self.prediction = prediction_type(scheduler.config)
         height, width = spatial_size(unet.config.sample_size)
         self.image_shape = (unet.config.in_channels, height, width)
 

@@ -7,6 +7,8 @@ another parameterisation, converted exactly at the noisy input x_t = √ᾱ_t·x
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from unlearning_trainer.errors import DataError
@@ -14,7 +16,9 @@ from unlearning_trainer.errors import DataError
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
-def check_prediction_type(prediction: str) -> str:
+def prediction_type(scheduler_config: Any) -> str:
+    """The scheduler's `prediction_type` (diffusers' default: epsilon), refused unless it converts to ε."""
+    prediction = scheduler_config.get("prediction_type", "epsilon")
     if prediction not in PREDICTION_TYPES:
         raise DataError(
             f"spec.model.uri: the scheduler's prediction_type is {prediction!r}, which the trainer cannot read as "
