@@ -141,10 +141,9 @@ def _data_section(job: UnlearningJob, data: dict[str, Any] | None) -> dict[str, 
     if data is None:
         return None
     spec = job.spec.data
-    location = spec.train if spec.train is not None else spec.retain
     return {
         "retainFrom": data["retainFrom"],
-        "uri": location.uri if location is not None else None,
+        "uri": spec.kept[1].uri,
         "scanned": data["scanned"],
         "retained": data["retain"],
         "excludedExactCopies": data["exactCopies"] if data["excluded"] else 0,
