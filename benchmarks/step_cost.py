@@ -33,20 +33,30 @@ VARIANTS = {
     "siss": MethodSpec(name="siss"),
     "siss, single backward (K=10)": MethodSpec(name="siss", forget_norm_refresh_every=10),
     "siss, single backward (K=1, exact)": MethodSpec(name="siss", forget_norm_refresh_every=1),
+    "retrack (k=10)": MethodSpec(name="retrack", k=10),
 }
-BACKWARD_PASSES = {"naive": 1, "neggrad": 1, "erasediff": 2, "siss-no-is": 2, "siss": 2}
+BACKWARD_PASSES = {"naive": 1, "neggrad": 1, "erasediff": 2, "siss-no-is": 2, "siss": 2, "retrack": 1}
 
 
 def _time_steps(stepper: Stepper, unet: torch.nn.Module, batch: int, steps: int, offset: int) -> float:
     alphas = builders.ddpm_scheduler().alphas_cumprod
     keep = torch.rand(batch, 1, digits.SIZE, digits.SIZE) * 2 - 1
     forget = torch.ones_like(keep) * 0.5
+    k = stepper.objective.neighbour_count
+    neighbours = None if k is None else torch.rand(batch, k, 1, digits.SIZE, digits.SIZE) * 2 - 1
 
     def denoise(m: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return unet(m, t).sample
 
     batches = [
-        MicroBatch(keep, forget, denoise, denoise, losses.draw_noise(keep.shape, alphas, generator_for(0, offset + s)))
+        MicroBatch(
+            keep,
+            forget,
+            denoise,
+            denoise,
+            losses.draw_noise(keep.shape, alphas, generator_for(0, offset + s)),
+            neighbours,
+        )
         for s in range(steps)
     ]
     started = time.perf_counter()

@@ -90,6 +90,7 @@ CASES = [
     Case("dotted-secret-name", _set("spec.storage.credentialsSecret", "s3.credentials-1"), None),
     Case("lambda-0", _set("spec.method.lambda", 0), None),
     Case("lambda-1", _set("spec.method.lambda", 1), None),
+    Case("retrack", _set("spec.method", {"name": "retrack", "k": 10, "lambda": 0.005}), None),
     Case(
         "exponent-without-dot", _unchanged, None, raw=_BASE_TEXT.replace("learningRate: 5.0e-5", "learningRate: 5e-5")
     ),
@@ -180,6 +181,8 @@ CASES = [
     Case("lambda-negative", _set("spec.method.lambda", -0.1), "spec.method.lambda"),
     Case("lambda-as-string", _set("spec.method.lambda", "0.5"), "spec.method.lambda"),
     Case("forget-grad-norm-0", _set("spec.method.forgetGradNorm", 0), "spec.method.forgetGradNorm"),
+    Case("retrack-k-0", _set("spec.method", {"name": "retrack", "k": 0}), "spec.method.k"),
+    Case("retrack-k-fraction", _set("spec.method", {"name": "retrack", "k": 2.5}), "spec.method.k"),
     # --- training -----------------------------------------------------------------------------------------
     Case("steps-0", _set("spec.training.steps", 0), "spec.training.steps"),
     Case("steps-as-string", _set("spec.training.steps", "300"), "spec.training.steps"),

@@ -49,7 +49,7 @@ def _run(job: Path, processes: int) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
 
 
-@pytest.mark.parametrize("method", ["siss", "erasediff"])
+@pytest.mark.parametrize("method", ["siss", "erasediff", "retrack"])
 def test_two_processes_match_one_with_the_same_global_batch(workspace, job_document, method):
     job_document["spec"]["method"]["name"] = method
     job_document["spec"]["training"]["steps"] = 3

@@ -29,7 +29,10 @@ def _batch(unet: torch.nn.Module, seed: int = 0) -> MicroBatch:
     def denoise(m: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return unet(m, t).sample
 
-    return MicroBatch(keep=keep, forget=forget, denoise_keep=denoise, denoise_forget=denoise, noise=noise)
+    neighbours = torch.rand(BATCH, 2, 1, 8, 8, generator=g) * 2 - 1
+    return MicroBatch(
+        keep=keep, forget=forget, denoise_keep=denoise, denoise_forget=denoise, noise=noise, neighbours=neighbours
+    )
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -38,7 +41,7 @@ def test_forward_pass_counts(unet: torch.nn.Module, method: str):
     unet.register_forward_hook(lambda *_: calls.append(1))
     batch = _batch(unet)
     Objective(MethodSpec(name=method)).terms(
-        batch.denoise_keep, batch.denoise_forget, batch.keep, batch.forget, batch.noise
+        batch.denoise_keep, batch.denoise_forget, batch.keep, batch.forget, batch.noise, batch.neighbours
     )
     assert len(calls) == FORWARD_PASSES[method]
     assert FORWARD_PASSES["siss"] == 1 and FORWARD_PASSES["siss-no-is"] == 2

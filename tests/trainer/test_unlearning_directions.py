@@ -18,6 +18,7 @@ from unlearning_trainer.objectives import losses
 from unlearning_trainer.objectives.methods import Objective
 from unlearning_trainer.scenarios import builders
 from unlearning_trainer.spec import MethodSpec
+from unlearning_trainer.training.neighbours import nearest
 from unlearning_trainer.training.step import MicroBatch, Stepper
 
 ALPHAS = builders.ddpm_scheduler().alphas_cumprod
@@ -71,11 +72,14 @@ def _unlearn(unet: torch.nn.Module, method: MethodSpec) -> tuple[float, float]:
         max_grad_norm=1.0,
         refresh_every=method.forget_norm_refresh_every,
     )
+    indices, _ = nearest(forget.flatten(1), [(0, retain.flatten(1))], method.k)
+    neighbours = retain[indices[0]][None].expand(16, -1, -1, -1, -1) if method.name == "retrack" else None
     for step in range(20):
         g = generator_for(1, step)
         x = retain[torch.randint(0, len(retain), (16,), generator=g)]
         noise = losses.draw_noise(x.shape, ALPHAS, g)
-        stepper(step, [MicroBatch(x, forget.expand(16, -1, -1, -1), _denoiser(unet), _denoiser(unet), noise)])
+        a = forget.expand(16, -1, -1, -1)
+        stepper(step, [MicroBatch(x, a, _denoiser(unet), _denoiser(unet), noise, neighbours)])
     return _loss(unet, forget) / before[0], _loss(unet, retain) / before[1]
 
 
@@ -106,5 +110,11 @@ def test_erasediff_raises_the_forget_loss(memorizing_unet):
 )
 def test_siss_raises_the_forget_loss_and_keeps_the_retain_loss(memorizing_unet, method):
     forget, keep = _unlearn(memorizing_unet, method)
+    assert forget > 2.0
+    assert keep < 1.2
+
+
+def test_retrack_raises_the_forget_loss_and_keeps_the_retain_loss(memorizing_unet):
+    forget, keep = _unlearn(memorizing_unet, MethodSpec(name="retrack", k=4, **{"lambda": 0.05}))
     assert forget > 2.0
     assert keep < 1.2

@@ -13,13 +13,20 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unlearning_trainer import __version__, audit
-from unlearning_trainer.spec import UnlearningJob, dump_job
+from unlearning_trainer.spec import UnlearningJob, UnlearningJobSpec, dump_job
 from unlearning_trainer.storage.base import checkpoint_mirror_for, storage_for
 from unlearning_trainer.tracking.base import FanOutTracker, LogTracker, NullTracker, Tracker
 from unlearning_trainer.training.fingerprint import fingerprint
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from unlearning_trainer.data.images import Images
+    from unlearning_trainer.models.adapter import DiffusionAdapter
+    from unlearning_trainer.training.neighbours import Neighbours
 
 logger = logging.getLogger("unlearning_trainer.runner")
 
@@ -179,7 +186,9 @@ def run_job(
         result = train(
             spec,
             adapter,
-            TrainingData(retain=retain, forget=forget),
+            TrainingData(
+                retain=retain, forget=forget, neighbours=_neighbours(spec, retain, forget, adapter, accelerator)
+            ),
             accelerator=accelerator,
             evaluator=evaluator,
             tracker=tracker,
@@ -218,6 +227,19 @@ def run_job(
         raise
     accelerator.wait_for_everyone()
     return RunResult(output=workdir, metrics=metrics)
+
+
+def _neighbours(
+    spec: UnlearningJobSpec, retain: Images, forget: Images, adapter: DiffusionAdapter, accelerator: Accelerator
+) -> Neighbours | None:
+    """ReTrack's nearest retain images of each forget image; None for every other method."""
+    from unlearning_trainer.objectives.methods import Objective
+    from unlearning_trainer.training.neighbours import find_neighbours
+
+    k = Objective(spec.method).neighbour_count
+    if k is None:
+        return None
+    return find_neighbours(retain, forget, k, adapter.to_diffusion_space, accelerator.device)
 
 
 def _discard_checkpoints(workdir: Path, mirror: Any) -> None:

@@ -20,8 +20,8 @@ from unlearning_trainer.wire import WireModel, cel_rule
 API_VERSION = "unlearning.dev/v1alpha1"
 KIND = "UnlearningJob"
 
-METHODS = ("siss", "siss-no-is", "naive", "neggrad", "erasediff")
-Method = Literal["siss", "siss-no-is", "naive", "neggrad", "erasediff"]
+METHODS = ("siss", "siss-no-is", "naive", "neggrad", "erasediff", "retrack")
+Method = Literal["siss", "siss-no-is", "naive", "neggrad", "erasediff", "retrack"]
 NORM_FIXED_METHODS = ("siss", "siss-no-is")
 
 MAX_BATCH = 1 << 20
@@ -151,7 +151,10 @@ class MethodSpec(WireModel):
         alias="lambda",
         ge=0.0,
         le=1.0,
-        description="SISS defensive-mixture weight: share of noisy inputs drawn around the forget image.",
+        description=(
+            "SISS: defensive-mixture weight, the share of noisy inputs drawn around the forget image. ReTrack: "
+            "weight of the forget term, loss = lambda*forget + (1-lambda)*keep."
+        ),
     )
     forget_grad_norm: float = Field(
         default=5.0,
@@ -168,6 +171,15 @@ class MethodSpec(WireModel):
     )
     eta: float = Field(default=1e-3, ge=0.0, description="EraseDiff: the bilevel step's target inner product.")
     neg_grad_scale: float = Field(default=0.01, gt=0.0, description="NegGrad: factor c in the loss -c*L_A.")
+    k: int = Field(
+        default=10,
+        ge=1,
+        le=1000,
+        description=(
+            "ReTrack: nearest retain images per forget image (found once before training, in the space the U-Net "
+            "denoises) whose noisy trajectories the forget image's are redirected to."
+        ),
+    )
 
 
 LrScheduler = Literal["constant", "constant_with_warmup", "linear", "cosine"]

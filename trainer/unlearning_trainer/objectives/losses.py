@@ -143,3 +143,47 @@ def siss(
     stats = {"loss_keep": keep.item(), "loss_forget": forget.item()}
     stats |= weights.weight_stats(log_w_x, "weight_keep") | weights.weight_stats(log_w_a, "weight_forget")
     return Terms(keep=keep, forget=forget, stats=stats)
+
+
+def redirected_target(
+    m: torch.Tensor, neighbours: torch.Tensor, gamma: torch.Tensor, sigma: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """v̄ = Σ_j p_j (m − γ_t n_j)/σ_t with p = softmax_j(−‖m − γ_t n_j‖²/(2σ_t²)); returns v̄ and p (B, k).
+
+    `neighbours` is (B, k, *m.shape[1:]). The logits are computed in float64 one neighbour at a time: at small t
+    they are differences of numbers near 1e6, and a (B, k, D) intermediate would not fit at Stable Diffusion size.
+    """
+    flat_m = m.flatten(1)
+    flat_n = neighbours.flatten(2)
+    g, s = gamma.double()[:, None], sigma.double()
+    squared = [(flat_m.double() - g * flat_n[:, j].double()).pow(2).sum(1) for j in range(flat_n.shape[1])]
+    weights = torch.softmax(-torch.stack(squared, 1) / (2 * s.pow(2))[:, None], dim=1)
+    mean_neighbour = torch.einsum("bk,bkd->bd", weights.to(flat_n.dtype), flat_n)
+    target = (flat_m - gamma[:, None].to(m.dtype) * mean_neighbour) / sigma[:, None].to(m.dtype)
+    return target.view_as(m), weights.float()
+
+
+def retrack(
+    denoise: Denoiser,
+    denoise_forget: Denoiser,
+    x: torch.Tensor,
+    a: torch.Tensor,
+    neighbours: torch.Tensor,
+    noise: NoiseDraw,
+) -> Terms:
+    """Keep: ℓ(γx + σε; x). Forget: ‖ε_θ(m, t) − v̄‖² at m = γa + σε (ReTrack, Shi et al. 2026).
+
+    v̄ is `redirected_target` over a's k nearest retain images. The paper's term Σ_j p_j ‖ε_θ − v_j‖² equals
+    ‖ε_θ − v̄‖² plus Σ_j p_j ‖v_j − v̄‖², which does not depend on θ: same gradient, and the logged loss_forget
+    is the distance to where the retrained model would denoise. The pair shares t and ε, as in siss-no-is.
+    """
+    m_x, m_a = noise.noisy(x), noise.noisy(a)
+    keep = per_sample_error(denoise(m_x, noise.t), m_x, x, noise).mean()
+    target, weights = redirected_target(m_a, neighbours, noise.gamma, noise.sigma)
+    forget = (denoise_forget(m_a, noise.t).float() - target.float()).flatten(1).pow(2).sum(1).mean()
+    stats = {
+        "loss_keep": keep.item(),
+        "loss_forget": forget.item(),
+        "neighbour_weight_max": weights.max(1)[0].mean().item(),
+    }
+    return Terms(keep=keep, forget=forget, stats=stats)

@@ -7,6 +7,7 @@
 | erasediff   | keep, forget (uniform u)   | 2              | g = G_x + max(η − ⟨G_x,G_a⟩/‖G_a‖², 0)·G_a |
 | siss-no-is  | keep, forget               | 2              | g = G_x − (C/‖G_a‖)·G_a                   |
 | siss        | keep, forget (one input)   | 1              | g = G_x − (C/‖G_a‖)·G_a                   |
+| retrack     | keep, forget (redirected)  | 2              | one backward of (1−λ)·L_keep + λ·L_forget  |
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import torch
 from unlearning_trainer.objectives import gradients, losses
 from unlearning_trainer.spec import NORM_FIXED_METHODS, MethodSpec
 
-FORWARD_PASSES = {"naive": 1, "neggrad": 1, "erasediff": 2, "siss-no-is": 2, "siss": 1}
+FORWARD_PASSES = {"naive": 1, "neggrad": 1, "erasediff": 2, "siss-no-is": 2, "siss": 1, "retrack": 2}
+JOINT_LOSS_METHODS = ("retrack",)
+"""Methods whose terms are summed into one loss before a single backward pass."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,20 @@ class Objective:
     def norm_fixed(self) -> bool:
         return self.spec.name in NORM_FIXED_METHODS
 
+    @property
+    def joint(self) -> bool:
+        return self.spec.name in JOINT_LOSS_METHODS
+
+    @property
+    def neighbour_count(self) -> int | None:
+        """k when each forget image needs its k nearest retain images (ReTrack), else None."""
+        return self.spec.k if self.spec.name == "retrack" else None
+
+    def joint_loss(self, terms: losses.Terms) -> torch.Tensor:
+        """ReTrack: λ·L_forget + (1−λ)·L_keep."""
+        lam = self.spec.lambda_
+        return lam * terms.forget + (1 - lam) * terms.keep
+
     def terms(
         self,
         denoise_keep: losses.Denoiser,
@@ -40,8 +57,10 @@ class Objective:
         keep: torch.Tensor,
         forget: torch.Tensor,
         noise: losses.NoiseDraw,
+        neighbours: torch.Tensor | None = None,
     ) -> losses.Terms:
-        """The loss terms of one micro-batch."""
+        """The loss terms of one micro-batch; `neighbours` (B, k, ...) are the forget images' nearest retain
+        images, which only ReTrack uses."""
         name = self.spec.name
         if name == "naive":
             return losses.naive_deletion(denoise_keep, keep, noise)
@@ -51,6 +70,10 @@ class Objective:
             return losses.erasediff(denoise_keep, denoise_forget, keep, forget, noise)
         if name == "siss-no-is":
             return losses.siss_no_is(denoise_keep, denoise_forget, keep, forget, noise)
+        if name == "retrack":
+            if neighbours is None:
+                raise ValueError("retrack needs the forget images' nearest retain images")
+            return losses.retrack(denoise_keep, denoise_forget, keep, forget, neighbours, noise)
         return losses.siss(denoise_keep, keep, forget, noise, self.spec.lambda_)
 
     def combine(

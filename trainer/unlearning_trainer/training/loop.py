@@ -29,6 +29,7 @@ from unlearning_trainer.spec import UnlearningJobSpec
 from unlearning_trainer.tracking.base import Tracker
 from unlearning_trainer.training import checkpoints
 from unlearning_trainer.training.fingerprint import check_resume
+from unlearning_trainer.training.neighbours import Neighbours
 from unlearning_trainer.training.step import MicroBatch, Stepper
 
 logger = logging.getLogger("unlearning_trainer.training")
@@ -44,6 +45,8 @@ RESUMED_METRIC = "progress/resumedFrom"
 class TrainingData:
     retain: Images
     forget: Images
+    neighbours: Neighbours | None = None
+    """ReTrack only: each forget image's nearest retain images (training/neighbours.py)."""
 
 
 @dataclass
@@ -100,6 +103,7 @@ def _micro_batches(
         index = step * accumulation + micro
         keep_idx = samplers[0].micro_batch(index, global_size, rank=rank, world_size=world)
         forget_idx = samplers[1].micro_batch(index, global_size, rank=rank, world_size=world)
+        neighbours = None if data.neighbours is None else data.neighbours.take(forget_idx).to(accelerator.device)
         keep_images, keep_captions = data.retain.take(keep_idx)
         forget_images, forget_captions = data.forget.take(forget_idx)
         keep = adapter.to_diffusion_space(keep_images.to(accelerator.device))
@@ -113,6 +117,7 @@ def _micro_batches(
                 denoise_keep=adapter.denoiser(unet, keep_captions),
                 denoise_forget=adapter.denoiser(unet, forget_captions),
                 noise=noise.rows(rank * local, (rank + 1) * local).to(accelerator.device),
+                neighbours=neighbours,
             )
         )
     return batches

@@ -6,6 +6,7 @@ forward pass; the second (the forget term) would stay local and each rank would 
 
 Single-backward option (`method.forgetNormRefreshEvery = K`): on every K-th step (and the first) the exact
 two-gradient step runs and caches c = C/‖G_a‖; the steps in between take one backward pass on keep − c·forget.
+Joint-loss methods (ReTrack) always take one backward pass on their weighted sum of the terms.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ class MicroBatch:
     denoise_keep: Denoiser
     denoise_forget: Denoiser
     noise: NoiseDraw
+    neighbours: torch.Tensor | None = None
+    """ReTrack: each forget image's k nearest retain images, (B, k, ...) in diffusion space."""
 
 
 def flatten(grads: tuple[torch.Tensor | None, ...], params: list[torch.Tensor]) -> torch.Tensor:
@@ -91,12 +94,13 @@ class Stepper:
         with self.accelerator.no_sync(self.unet):
             for batch in micro_batches:
                 terms = self.objective.terms(
-                    batch.denoise_keep, batch.denoise_forget, batch.keep, batch.forget, batch.noise
+                    batch.denoise_keep, batch.denoise_forget, batch.keep, batch.forget, batch.noise, batch.neighbours
                 )
                 for key, value in terms.stats.items():
                     stats[key] = stats.get(key, 0.0) + share * value
-                if fused:
-                    g = self._grad(terms.keep - self.cached_scale * terms.forget, retain=False) * share
+                if fused or self.objective.joint:
+                    loss = terms.keep - self.cached_scale * terms.forget if fused else self.objective.joint_loss(terms)
+                    g = self._grad(loss, retain=False) * share
                     g_keep = g if g_keep is None else g_keep + g
                     continue
                 if terms.keep is not None:
@@ -108,6 +112,8 @@ class Stepper:
         g_keep, g_forget = self._reduce(g_keep), self._reduce(g_forget)
         if fused:
             update, combine_stats = g_keep, {"forget_scale": self.cached_scale}
+        elif self.objective.joint:
+            update, combine_stats = g_keep, {}
         else:
             update, combine_stats = self.objective.combine(g_keep, g_forget)
             if self.refresh_every is not None:
