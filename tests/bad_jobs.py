@@ -91,6 +91,8 @@ CASES = [
     Case("lambda-0", _set("spec.method.lambda", 0), None),
     Case("lambda-1", _set("spec.method.lambda", 1), None),
     Case("retrack", _set("spec.method", {"name": "retrack", "k": 10, "lambda": 0.005}), None),
+    Case("holdout", _set("spec.data.holdout", {"uri": "s3://datasets/digits/holdout/"}), None),
+    Case("membership", _set("spec.evaluation.membership", {"lossTimesteps": [10, 20], "simaTimestep": 5}), None),
     Case(
         "exponent-without-dot", _unchanged, None, raw=_BASE_TEXT.replace("learningRate: 5.0e-5", "learningRate: 5e-5")
     ),
@@ -182,6 +184,14 @@ CASES = [
     Case("lambda-as-string", _set("spec.method.lambda", "0.5"), "spec.method.lambda"),
     Case("forget-grad-norm-0", _set("spec.method.forgetGradNorm", 0), "spec.method.forgetGradNorm"),
     Case("retrack-k-0", _set("spec.method", {"name": "retrack", "k": 0}), "spec.method.k"),
+    Case(
+        "membership-negative-timestep",
+        _set("spec.evaluation.membership.lossTimesteps", [10, -1]),
+        "spec.evaluation.membership.lossTimesteps",
+    ),
+    Case("membership-no-timesteps", _set("spec.evaluation.membership.lossTimesteps", []), "lossTimesteps"),
+    Case("membership-percentile-above-100", _set("spec.audit.minMembershipPercentile", 101), "minMembershipPercentile"),
+    Case("holdout-without-uri", _set("spec.data.holdout", {}), "spec.data.holdout.uri"),
     Case("retrack-k-fraction", _set("spec.method", {"name": "retrack", "k": 2.5}), "spec.method.k"),
     # --- training -----------------------------------------------------------------------------------------
     Case("steps-0", _set("spec.training.steps", 0), "spec.training.steps"),

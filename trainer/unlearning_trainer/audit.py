@@ -29,6 +29,22 @@ LIMITS = (
     "The retain loss is the denoising error on a fixed subset of retained images; it tracks, but does not "
     "guarantee, the quality of generated samples.",
 )
+MEMBERSHIP_LIMITS = (
+    "Membership evidence comes from two attacks (a loss attack and SimA) run by whoever holds the weights; a "
+    "stronger attacker (shadow models, many queries) may still tell the forget images apart.",
+    "Percentiles are among {non_members} held-out images, so they move in steps of {step:.2g}; an AUC near 0.5 "
+    "before unlearning means the attacks could not tell members from non-members even then, and then a "
+    "non-member-like forget score proves little.",
+    "Scores are not calibrated per image: an image that is hard to denoise (sharp edges, unlike the rest of the "
+    "data) can score like a non-member even while memorized, so read the percentile after unlearning against the "
+    "one before, and against a model retrained without the data where one exists.",
+    "The held-out images are only valid non-members if the model never trained on them; the record cannot check "
+    "that beyond refusing copies of the forget images.",
+)
+NO_HOLDOUT = (
+    "skipped: the job has no data.holdout (images from the same distribution that the model never saw), so there "
+    "were no non-members to compare the forget images with"
+)
 
 
 def model_digest(folder: Path) -> str:
@@ -82,6 +98,16 @@ def verdict(job: UnlearningJob, before: dict[str, float], after: dict[str, float
             "passed": after["retain_loss"] <= retain_limit,
         },
     ]
+    if "mia_loss_forget_percentile" in after:
+        lowest = min(after["mia_loss_forget_percentile"], after["mia_sima_forget_percentile"])
+        checks.append(
+            {
+                "check": "forget images score like non-members (lowest membership percentile, both attacks)",
+                "value": lowest,
+                "threshold": f">= {audit.min_membership_percentile}",
+                "passed": lowest >= audit.min_membership_percentile,
+            }
+        )
     return {"passed": all(check["passed"] for check in checks), "checks": checks}
 
 
@@ -131,6 +157,7 @@ def build_record(
         "metricsAfter": after,
         "verdict": verdict(job, before, after) if before and after else None,
         "relearning": metrics.get("relearning"),
+        "membership": _membership_section(job, metrics),
         "tracking": tracking,
         "limits": [line.format(samples=samples, upper=3.0 / samples) for line in LIMITS],
     }
@@ -153,6 +180,32 @@ def _data_section(job: UnlearningJob, data: dict[str, Any] | None) -> dict[str, 
         "nearestRetainedDistance": data["nearestKeptDistance"],
         "sha256": data["sha256"],
         "warnings": data["warnings"],
+    }
+
+
+def _membership_section(job: UnlearningJob, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Each attack's AUC and lowest forget percentile before and after, or why the check was skipped."""
+    data, before, after = metrics.get("data") or {}, metrics.get("before") or {}, metrics.get("after") or {}
+    non_members = data.get("holdout")
+    if not non_members:
+        return {"evaluated": False, "reason": NO_HOLDOUT}
+    attacks = {
+        attack: {
+            "aucBefore": before.get(f"mia_{attack}_auc"),
+            "aucAfter": after.get(f"mia_{attack}_auc"),
+            "forgetPercentileBefore": before.get(f"mia_{attack}_forget_percentile"),
+            "forgetPercentileAfter": after.get(f"mia_{attack}_forget_percentile"),
+            "forgetPercentileMeanAfter": after.get(f"mia_{attack}_forget_percentile_mean"),
+        }
+        for attack in ("loss", "sima")
+    }
+    return {
+        "evaluated": True,
+        "members": min(job.spec.evaluation.retain_images, data["retain"]),
+        "nonMembers": non_members,
+        "holdoutUri": job.spec.data.holdout.uri if job.spec.data.holdout else None,
+        "attacks": attacks,
+        "limits": [line.format(non_members=non_members, step=100 / non_members) for line in MEMBERSHIP_LIMITS],
     }
 
 
@@ -188,9 +241,31 @@ def render(record: dict[str, Any]) -> str:
             f"  relearning probe: after {relearning['steps']:.0f} steps of fine-tuning on retain data only, "
             f"memorization rate {relearning['memorization_rate']:.4g}, forget NLL {relearning['forget_nll_bpd']:.4g}"
         )
+    lines.extend(_render_membership(record.get("membership")))
     lines.append("  limits of this evidence:")
     lines.extend(f"    - {limit}" for limit in record["limits"])
     return "\n".join(lines)
+
+
+def _render_membership(membership: dict[str, Any] | None) -> list[str]:
+    if not membership:
+        return []
+    if not membership["evaluated"]:
+        return [f"  membership inference: {membership['reason']}"]
+    lines = [
+        f"  membership inference ({membership['members']} members vs {membership['nonMembers']} held-out images; "
+        "AUC 0.5 = cannot tell; percentile 0 = more member-like than every held-out image):"
+    ]
+    for attack, values in membership["attacks"].items():
+        auc = " -> ".join(_number(values[key], ".3f") for key in ("aucBefore", "aucAfter"))
+        rank = " -> ".join(_number(values[key], ".1f") for key in ("forgetPercentileBefore", "forgetPercentileAfter"))
+        lines.append(f"    {attack:<5} AUC {auc}, lowest forget percentile {rank}")
+    lines.extend(f"    - {limit}" for limit in membership["limits"])
+    return lines
+
+
+def _number(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
 
 
 def _render_data(data: dict[str, Any] | None) -> list[str]:

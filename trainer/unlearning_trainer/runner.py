@@ -52,7 +52,7 @@ def resolve_local_uris(job: UnlearningJob, base: Path) -> UnlearningJob:
     data = spec.data.model_copy(
         update={
             name: location.model_copy(update={"uri": resolve(location.uri)})
-            for name in ("forget", "train", "retain")
+            for name in ("forget", "train", "retain", "holdout")
             if (location := getattr(spec.data, name)) is not None
         }
     )
@@ -129,7 +129,7 @@ def run_job(
     import torch
     from accelerate import Accelerator
 
-    from unlearning_trainer.data.prepare import prepare_data
+    from unlearning_trainer.data.prepare import load_holdout, prepare_data
     from unlearning_trainer.evaluation.evaluator import Evaluator
     from unlearning_trainer.models.loading import load_adapter
     from unlearning_trainer.training.loop import TrainingData, train
@@ -154,6 +154,8 @@ def run_job(
         model_digest = audit.model_digest(model_dir)
         adapter = load_adapter(model_dir)
         forget, retain, data_summary = prepare_data(spec, fetch, adapter.image_shape)
+        holdout = load_holdout(spec, fetch, adapter.image_shape, forget)
+        data_summary["holdout"] = None if holdout is None else len(holdout)
         logger.info(
             "loaded %s model %s; forget set %d images (%d distinct), retain set %d images",
             adapter.kind,
@@ -177,6 +179,7 @@ def run_job(
             samples_dir=workdir / "samples",
             device=accelerator.device,
             classifier=classifier,
+            holdout=holdout,
         )
         mirror = checkpoint_mirror_for(spec.output.uri, endpoint=endpoint)
         if restart:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -116,6 +116,13 @@ class DataSpec(WireModel):
     )
     retain: DataLocation | None = Field(
         default=None, description="The data to keep, already without the forget images. Give this or train."
+    )
+    holdout: DataLocation | None = Field(
+        default=None,
+        description=(
+            "Images from the training data's distribution that the model never saw: the non-members of the "
+            "membership-inference check (evaluation.membership). Without it that check is skipped."
+        ),
     )
     near_duplicate_distance: float = Field(
         default=0.0,
@@ -333,6 +340,25 @@ class NllSpec(WireModel):
     tolerance: float = Field(default=1e-5, gt=0.0, description="pf-ode: RK45 rtol and atol.")
 
 
+class MembershipSpec(WireModel):
+    """Membership-inference evidence against data.holdout (evaluation/membership.py)."""
+
+    loss_timesteps: list[Annotated[int, Field(ge=0)]] = Field(
+        default=[25, 50, 100],
+        min_length=1,
+        max_length=32,
+        description=(
+            "Loss attack: an image's score is its mean noise-prediction error at these timesteps (fixed noise); "
+            "each must be below the scheduler's number of training timesteps."
+        ),
+    )
+    sima_timestep: int = Field(
+        default=25,
+        ge=0,
+        description="SimA: an image's score is the norm of the noise predicted from the clean image at this t.",
+    )
+
+
 class EvaluationSpec(WireModel):
     every: int = Field(default=100, gt=0, description="Evaluate every N steps (and before and after training).")
     num_samples: int = Field(default=256, gt=0, description="Generated samples for memorization and grids.")
@@ -361,6 +387,13 @@ class EvaluationSpec(WireModel):
     retain_images: int = Field(default=256, gt=0, description="Retain images used for the retain-set loss.")
     seed: int = Field(default=0, ge=0, description="Seed of every random draw in the evaluation.")
     nll: NllSpec = Field(default_factory=NllSpec)
+    membership: MembershipSpec = Field(
+        default_factory=MembershipSpec,
+        description=(
+            "Loss and SimA membership attacks, members (the retainImages subset) against data.holdout; run at every "
+            "evaluation when data.holdout is set."
+        ),
+    )
     classifier: Location | None = Field(
         default=None,
         description=(
@@ -427,6 +460,16 @@ class AuditSpec(WireModel):
             "Relearning probe: after training, fine-tune a copy of the unlearned U-Net this many steps on retain "
             "data only and measure memorization and forget NLL again (does plain fine-tuning bring the data "
             "back?); reported beside the verdict. 0 skips it."
+        ),
+    )
+    min_membership_percentile: float = Field(
+        default=5.0,
+        ge=0.0,
+        le=100.0,
+        description=(
+            "Verdict, when data.holdout is set: under both membership attacks every forget image must score at "
+            "least at this percentile of the non-members (0 means it looks more like a training image than every "
+            "one of them)."
         ),
     )
 

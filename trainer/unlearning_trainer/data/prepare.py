@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from unlearning_trainer.advice import data_warnings
+from unlearning_trainer.data.decode import pixel_digest
 from unlearning_trainer.data.exclusion import scan
 from unlearning_trainer.data.images import ImageSet, StreamedImages, load_images
 from unlearning_trainer.data.sources import open_source
@@ -76,3 +77,26 @@ def prepare_data(
         "warnings": warnings,
     }
     return forget, StreamedImages(source, census.kept, image_shape), summary
+
+
+def load_holdout(
+    spec: UnlearningJobSpec, fetch: Fetch, image_shape: tuple[int, int, int], forget: ImageSet
+) -> ImageSet | None:
+    """data.holdout, the membership check's non-members; None when the job has none.
+
+    Raises:
+        DataError: when it cannot be read, or holds a copy of a forget image (a training image is no non-member).
+    """
+    location = spec.data.holdout
+    if location is None:
+        return None
+    field = "spec.data.holdout.uri"
+    holdout = load_images(open_source(fetch(location.uri, field), field=field, fmt=location.format), image_shape)
+    forgotten = {pixel_digest(image) for image in forget.pixels.numpy()}
+    copies = sum(pixel_digest(image) in forgotten for image in holdout.pixels.numpy())
+    if copies:
+        raise DataError(
+            f"{field}: {copies} of its {len(holdout)} images are copies of forget images, but the membership check "
+            "needs images the model never trained on. Fix: remove them from the holdout set."
+        )
+    return holdout

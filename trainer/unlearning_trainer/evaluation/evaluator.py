@@ -16,6 +16,7 @@ from unlearning_trainer.data.images import Images, ImageSet
 from unlearning_trainer.data.sampling import InfiniteSampler, generator_for
 from unlearning_trainer.errors import SpecError
 from unlearning_trainer.evaluation import grids, likelihood, metrics, quality
+from unlearning_trainer.evaluation.membership import MembershipAttacks
 from unlearning_trainer.models.adapter import DiffusionAdapter
 from unlearning_trainer.objectives.losses import NoiseDraw, draw_noise, per_sample_error
 from unlearning_trainer.spec import EvaluationSpec
@@ -34,7 +35,9 @@ class Evaluator:
         samples_dir: Path,
         device: torch.device,
         classifier: quality.DomainClassifier | None = None,
+        holdout: ImageSet | None = None,
     ) -> None:
+        """`holdout` (data.holdout) turns on the membership attacks: members are the fixed retain subset."""
         if spec.nll.method == "pf-ode" and not adapter.discrete:
             raise SpecError(
                 "spec.evaluation.nll.method: pf-ode assumes 8-bit pixels and a linear β schedule, which a "
@@ -60,6 +63,17 @@ class Evaluator:
         self.threshold = spec.l2_threshold(self.values)
         total = len(adapter.alphas_cumprod)
         self.grid = torch.linspace(0, total - 1, spec.timestep_grid).round().long()
+        self.membership = None
+        if holdout is not None:
+            self.membership = MembershipAttacks(
+                adapter,
+                spec.membership,
+                seed=spec.seed,
+                device=device,
+                members=(self.retain_images, self.retain_captions),
+                holdout=holdout,
+                forget=self.forget,
+            )
 
     def _grid_draws(self, images: torch.Tensor, key: int) -> NoiseDraw:
         """Fixed (t, ε) pairs: every image at every grid timestep, with noise from the evaluation seed."""
@@ -166,6 +180,8 @@ class Evaluator:
                 hits = distances < self.threshold
                 result |= quality.quality_metrics(self.classifier, samples[~hits])
                 result["quality_fd_all"] = quality.frechet_to_reference(self.classifier, samples)
+            if self.membership is not None:
+                result |= self.membership(unet)
             grids.save_grid(samples[:GRID_SAMPLES], self.samples_dir / f"{grid_name or f'step-{step:06d}'}.png")
         finally:
             unet.train(was_training)
