@@ -1,12 +1,12 @@
-"""Reproduce docs/mlflow-compare.png: two demo runs (SISS and naive deletion) in a local MLflow server,
-compared in the MLflow UI, captured with headless Chromium (Debian's `chromium` package).
+"""Reproduce docs/mlflow-compare.png: demo runs of several methods in a local MLflow server, their metrics over
+steps charted side by side in the MLflow UI, captured with headless Chromium (Debian's `chromium` package).
 
-    python docs/make_mlflow_screenshot.py
+    python docs/make_mlflow_screenshot.py [--methods siss naive retrack erasediff]
 """
 
 from __future__ import annotations
 
-import json
+import argparse
 import os
 import subprocess
 import sys
@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 from mlflow import MlflowClient
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -24,57 +23,60 @@ from unlearning_trainer.demo import DemoSettings, demo_job
 from unlearning_trainer.runner import run_job
 
 OUT = Path(__file__).parent / "mlflow-compare.png"
-CROP_HEIGHT = 2060
-"""Down to the end of the metrics table; the artifact viewer below it is empty."""
+EXPERIMENT = "digits-demo"
+WINDOW = (1600, 1800)
+
+
+def log_runs(url: str, methods: list[str], root: Path) -> str:
+    """One 100-step demo run per method into the experiment; returns its id."""
+    for method in methods:
+        job = demo_job(DemoSettings(method=method, steps=100, evaluate_every=25, samples=256), root / method)
+        tracking = job.spec.tracking.model_copy(update={"mlflow_tracking_uri": url, "experiment": EXPERIMENT})
+        run_job(
+            job.model_copy(update={"spec": job.spec.model_copy(update={"tracking": tracking})}), show_progress=False
+        )
+        print(f"logged {method}", flush=True)
+    return MlflowClient(url).get_experiment_by_name(EXPERIMENT).experiment_id
+
+
+def screenshot(url: str, profile: Path) -> None:
+    """The experiment's chart view, as a person opening it would see it."""
+    subprocess.run(
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            f"--window-size={WINDOW[0]},{WINDOW[1]}",
+            "--virtual-time-budget=30000",
+            "--hide-scrollbars",
+            f"--screenshot={OUT}",
+            url,
+        ],
+        check=True,
+        env={**os.environ},
+        timeout=240,
+    )
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=["siss", "naive", "retrack", "erasediff"])
+    args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         server = MlflowServer(root=root / "mlflow")
         server.start()
         try:
-            run_ids = []
-            for method in ("siss", "naive"):
-                job = demo_job(DemoSettings(method=method, steps=100, evaluate_every=25, samples=256), root / method)
-                spec = job.spec.model_copy(
-                    update={
-                        "tracking": job.spec.tracking.model_copy(
-                            update={"mlflow_tracking_uri": server.url, "experiment": "digits-demo"}
-                        )
-                    }
-                )
-                metrics = run_job(job.model_copy(update={"spec": spec}), show_progress=False).metrics
-                run_ids.append(metrics["tracking"]["runId"])
-            client = MlflowClient(server.url)
-            experiment = client.get_experiment_by_name("digits-demo").experiment_id
-            runs = json.dumps(run_ids)
-            url = f"{server.url}/#/compare-runs?runs={runs}&experiments={json.dumps([experiment])}"
-            subprocess.run(
-                [
-                    "chromium",
-                    "--headless",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-quic",
-                    "--no-first-run",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                    f"--user-data-dir={root / 'chrome'}",
-                    "--window-size=1500,4600",
-                    "--virtual-time-budget=20000",
-                    "--hide-scrollbars",
-                    f"--screenshot={OUT}",
-                    url,
-                ],
-                check=True,
-                env={**os.environ},
-                timeout=180,
-            )
+            experiment = log_runs(server.url, args.methods, root)
+            screenshot(f"{server.url}/#/experiments/{experiment}/runs?compareRunsMode=CHART", root / "chrome")
             time.sleep(1)
-            with Image.open(OUT) as picture:
-                picture.crop((0, 0, 1500, CROP_HEIGHT)).save(OUT)
         finally:
             server.stop()
     print(f"wrote {OUT}")

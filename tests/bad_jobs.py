@@ -92,6 +92,10 @@ CASES = [
     Case("lambda-1", _set("spec.method.lambda", 1), None),
     Case("retrack", _set("spec.method", {"name": "retrack", "k": 10, "lambda": 0.005}), None),
     Case("holdout", _set("spec.data.holdout", {"uri": "s3://datasets/digits/holdout/"}), None),
+    Case(
+        "lora", _set("spec.method.adapter", {"type": "lora", "rank": 16, "alpha": 16, "targetModules": ["to_q"]}), None
+    ),
+    Case("lora-defaults", _set("spec.method.adapter", {}), None),
     Case("membership", _set("spec.evaluation.membership", {"lossTimesteps": [10, 20], "simaTimestep": 5}), None),
     Case(
         "exponent-without-dot", _unchanged, None, raw=_BASE_TEXT.replace("learningRate: 5.0e-5", "learningRate: 5e-5")
@@ -192,6 +196,11 @@ CASES = [
     Case("membership-no-timesteps", _set("spec.evaluation.membership.lossTimesteps", []), "lossTimesteps"),
     Case("membership-percentile-above-100", _set("spec.audit.minMembershipPercentile", 101), "minMembershipPercentile"),
     Case("holdout-without-uri", _set("spec.data.holdout", {}), "spec.data.holdout.uri"),
+    Case("lora-rank-0", _set("spec.method.adapter", {"rank": 0}), "spec.method.adapter.rank"),
+    Case("lora-unknown-type", _set("spec.method.adapter", {"type": "dora"}), "spec.method.adapter.type"),
+    Case("lora-no-targets", _set("spec.method.adapter", {"targetModules": []}), "targetModules"),
+    Case("adapter-output-without-adapter", _set("spec.output.format", "adapter"), "spec.output.format"),
+    Case("unknown-output-format", _set("spec.output.format", "ckpt"), "spec.output.format"),
     Case("retrack-k-fraction", _set("spec.method", {"name": "retrack", "k": 2.5}), "spec.method.k"),
     # --- training -----------------------------------------------------------------------------------------
     Case("steps-0", _set("spec.training.steps", 0), "spec.training.steps"),

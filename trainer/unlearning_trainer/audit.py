@@ -17,7 +17,16 @@ from typing import Any
 from unlearning_trainer import __version__
 from unlearning_trainer.spec import UnlearningJob
 
-MODEL_FILES = ("model_index.json", "unet", "scheduler", "vae", "text_encoder", "tokenizer")
+MODEL_FILES = (
+    "model_index.json",
+    "unet",
+    "scheduler",
+    "vae",
+    "text_encoder",
+    "tokenizer",
+    "pytorch_lora_weights.safetensors",
+)
+"""What a published model consists of: a pipeline's folders, or a LoRA adapter's weights (output.format: adapter)."""
 
 LIMITS = (
     "The memorization rate is estimated from {samples} generated samples: a rate of 0 means no sample came "

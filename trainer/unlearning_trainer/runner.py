@@ -22,6 +22,7 @@ from unlearning_trainer.tracking.base import FanOutTracker, LogTracker, NullTrac
 from unlearning_trainer.training.fingerprint import fingerprint
 
 if TYPE_CHECKING:
+    import torch
     from accelerate import Accelerator
 
     from unlearning_trainer.data.images import Images
@@ -85,6 +86,7 @@ def _params(job: UnlearningJob, data: dict[str, Any]) -> dict[str, Any]:
         "data.forgetUnique": data["forgetUnique"],
         "data.retainSize": data["retain"],
         "data.excluded": data["excluded"],
+        "data.holdoutSize": data["holdout"] or 0,
         "codeVersion": __version__,
     }
 
@@ -153,6 +155,7 @@ def run_job(
         model_dir = fetch(spec.model.uri, "spec.model.uri")
         model_digest = audit.model_digest(model_dir)
         adapter = load_adapter(model_dir)
+        _prepare_unet(spec, adapter)
         forget, retain, data_summary = prepare_data(spec, fetch, adapter.image_shape)
         holdout = load_holdout(spec, fetch, adapter.image_shape, forget)
         data_summary["holdout"] = None if holdout is None else len(holdout)
@@ -218,7 +221,7 @@ def run_job(
         if main and spec.audit.relearning_steps and not result.interrupted:
             from unlearning_trainer.evaluation.relearning import relearning_probe
 
-            unet = accelerator.unwrap_model(adapter.unet)
+            unet = _published_unet(accelerator.unwrap_model(adapter.unet))
             metrics["relearning"] = relearning_probe(spec, adapter, unet, retain, evaluator, device=accelerator.device)
             tracker.log_metrics({f"relearning/{k}": v for k, v in metrics["relearning"].items()}, step=result.steps)
         if main:
@@ -269,7 +272,7 @@ def _finish(
     spec = job.spec
     interrupted = metrics["status"] == "interrupted"
     if not interrupted:
-        _save_pipeline(adapter, accelerator.unwrap_model(adapter.unet), workdir)
+        _save_output(spec, adapter, accelerator.unwrap_model(adapter.unet), workdir)
     tracking = tracker.health()
     metrics["tracking"] = tracking
     record = audit.build_record(
@@ -299,11 +302,41 @@ def _finish(
     metrics["tracking"] = tracker.health()
 
 
-def _save_pipeline(adapter: Any, unet: Any, workdir: Path) -> None:
-    """save_pretrained into a staging folder, then move its entries into place."""
+def _prepare_unet(spec: UnlearningJobSpec, adapter: DiffusionAdapter) -> None:
+    """With method.adapter, add the LoRA layers that will train (the rest of the U-Net is frozen)."""
+    if spec.method.adapter is None:
+        return
+    from unlearning_trainer.errors import SpecError
+    from unlearning_trainer.models.lora import add_lora
+
+    if spec.output.format == "adapter" and adapter.kind != "latent":
+        raise SpecError(
+            "spec.output.format: adapter writes diffusers' LoRA format, which only text-to-image pipelines load "
+            "(load_lora_weights), and this is a pixel-space DDPM. Fix: use output.format: pipeline."
+        )
+    total = sum(p.numel() for p in adapter.unet.parameters())
+    trainable = add_lora(adapter.unet, spec.method.adapter, seed=spec.training.seed)
+    logger.info("LoRA rank %d: %d of %d U-Net parameters train", spec.method.adapter.rank, trainable, total)
+
+
+def _published_unet(unet: torch.nn.Module) -> torch.nn.Module:
+    """The U-Net as published: a trained LoRA adapter merged into plain layers, else the U-Net itself."""
+    from unlearning_trainer.models.lora import has_lora, merged
+
+    return merged(unet) if has_lora(unet) else unet
+
+
+def _save_output(spec: UnlearningJobSpec, adapter: DiffusionAdapter, unet: torch.nn.Module, workdir: Path) -> None:
+    """The pipeline (or the adapter alone) into a staging folder, then its entries moved into place."""
     staging = workdir / ".staging-model"
     shutil.rmtree(staging, ignore_errors=True)
-    adapter.save(unet, staging)
+    if spec.output.format == "adapter":
+        from unlearning_trainer.models.lora import save_adapter
+
+        staging.mkdir(parents=True)
+        save_adapter(unet, staging, spec.method.adapter)
+    else:
+        adapter.save(_published_unet(unet), staging)
     for entry in staging.iterdir():
         target = workdir / entry.name
         if target.is_dir():

@@ -151,6 +151,25 @@ class DataSpec(WireModel):
         return "spec.data.retain.uri", self.retain
 
 
+class AdapterSpec(WireModel):
+    """Train a LoRA adapter on the U-Net instead of every weight (peft)."""
+
+    type: Literal["lora"] = Field(default="lora", description="The adapter kind; only lora.")
+    rank: int = Field(default=8, ge=1, le=1024, description="LoRA rank r of each low-rank update.")
+    alpha: float | None = Field(
+        default=None, gt=0.0, description="LoRA scaling numerator: updates are scaled by alpha/rank; null means rank."
+    )
+    target_modules: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        default=["to_q", "to_k", "to_v", "to_out.0"],
+        min_length=1,
+        max_length=64,
+        description=(
+            "Names (or name suffixes) of the U-Net's Linear and Conv2d layers that get an adapter, as peft matches "
+            "them; the default is the attention projections, as in diffusers' LoRA training examples."
+        ),
+    )
+
+
 class MethodSpec(WireModel):
     name: Method = Field(default="siss", description="Unlearning objective.")
     lambda_: float = Field(
@@ -178,6 +197,13 @@ class MethodSpec(WireModel):
     )
     eta: float = Field(default=1e-3, ge=0.0, description="EraseDiff: the bilevel step's target inner product.")
     neg_grad_scale: float = Field(default=0.01, gt=0.0, description="NegGrad: factor c in the loss -c*L_A.")
+    adapter: AdapterSpec | None = Field(
+        default=None,
+        description=(
+            "Train a LoRA adapter instead of every U-Net weight: norm fixing and clipping act on the adapter's "
+            "parameters; the output is the merged pipeline (or the adapter alone, output.format: adapter)."
+        ),
+    )
     k: int = Field(
         default=10,
         ge=1,
@@ -412,6 +438,15 @@ class EvaluationSpec(WireModel):
 class OutputSpec(Location):
     """Where the unlearned pipeline, metrics.json and checkpoints are written."""
 
+    format: Literal["pipeline", "adapter"] = Field(
+        default="pipeline",
+        description=(
+            "pipeline: the whole unlearned pipeline (a LoRA adapter merged into the U-Net); adapter: with "
+            "method.adapter, only the LoRA weights, for diffusers' load_lora_weights on the base pipeline "
+            "(text-to-image pipelines only)."
+        ),
+    )
+
 
 class StorageSpec(WireModel):
     endpoint: str | None = Field(
@@ -490,6 +525,10 @@ OUTPUT_IS_MODEL = (
     "spec.output.uri equals spec.model.uri: the base model would be overwritten. "
     "Fix: write the unlearned model to a new location."
 )
+ADAPTER_OUTPUT_NEEDS_ADAPTER = (
+    "spec.output.format is adapter but spec.method.adapter is not set: there is no adapter to write. Fix: add "
+    "method.adapter (type lora) or use output.format: pipeline."
+)
 BATCH_NOT_DIVISIBLE = (
     "spec.training.batchSize must be divisible by workers x gradientAccumulationSteps. "
     "Fix: choose a batch size that is a multiple of that product."
@@ -515,6 +554,12 @@ class UnlearningJobSpec(WireModel):
                     "self.training.batchSize % (self.workers * self.training.gradientAccumulationSteps) == 0",
                     BATCH_NOT_DIVISIBLE,
                     ".training.batchSize",
+                ),
+                cel_rule(
+                    "!has(self.output.format) || self.output.format != 'adapter' || "
+                    "(has(self.method) && has(self.method.adapter))",
+                    ADAPTER_OUTPUT_NEEDS_ADAPTER,
+                    ".output.format",
                 ),
             ]
         }
@@ -546,6 +591,12 @@ class UnlearningJobSpec(WireModel):
     def _output_is_not_the_input(self) -> UnlearningJobSpec:
         if _normalize_uri(self.output.uri) == _normalize_uri(self.model.uri):
             raise ValueError(OUTPUT_IS_MODEL)
+        return self
+
+    @model_validator(mode="after")
+    def _adapter_output_has_an_adapter(self) -> UnlearningJobSpec:
+        if self.output.format == "adapter" and self.method.adapter is None:
+            raise ValueError(ADAPTER_OUTPUT_NEEDS_ADAPTER)
         return self
 
     @model_validator(mode="after")

@@ -147,7 +147,7 @@ def train(
     if training.gradient_checkpointing:
         adapter.unet.enable_gradient_checkpointing()
     optimizer = torch.optim.AdamW(
-        adapter.unet.parameters(),
+        [p for p in adapter.unet.parameters() if p.requires_grad],
         lr=training.learning_rate,
         betas=(training.adam_beta1, training.adam_beta2),
         weight_decay=training.weight_decay,
