@@ -86,28 +86,29 @@ def test_a_lora_job_resumes_to_the_same_weights(scenario, job_document, tmp_path
 
 def test_the_adapter_alone_loads_into_the_base_pipeline(text_to_image_scenario, job_document, tmp_path):
     workspace = copy_scenario(text_to_image_scenario, tmp_path)
-    job_document["spec"]["method"]["adapter"] = {"rank": 4, "alpha": 8}
+    spec = {"rank": 4, "alpha": 8}
+    job_document["spec"]["method"]["adapter"] = spec
     job_document["spec"]["training"]["learningRate"] = 1e-2
     job_document["spec"]["evaluation"].update({"numSamples": 4, "inferenceSteps": 2, "retainImages": 8})
-    _run(workspace, job_document)
     job_document["spec"]["output"] = {"uri": "adapter-only", "format": "adapter"}
     _run(workspace, job_document)
-    assert not (workspace / "adapter-only" / "unet").exists()
-    record = json.loads((workspace / "adapter-only" / "audit.json").read_text())
-    assert record["model"]["sha256After"] is not None
-    with_adapter = StableDiffusionPipeline.from_pretrained(
-        workspace / "model", use_safetensors=True, safety_checker=None
-    )
-    with_adapter.load_lora_weights(workspace / "adapter-only")
-    merged_pipeline = StableDiffusionPipeline.from_pretrained(
-        workspace / "out", use_safetensors=True, safety_checker=None
-    )
-    base = StableDiffusionPipeline.from_pretrained(workspace / "model", use_safetensors=True, safety_checker=None)
-    latents, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 600])
-    text = torch.randn(2, 16, 32)
+    out = workspace / "adapter-only"
+    assert (out / "pytorch_lora_weights.safetensors").is_file() and not (out / "unet").exists()
+    assert json.loads((out / "audit.json").read_text())["model"]["sha256After"] is not None
+
+    def pipeline() -> StableDiffusionPipeline:
+        return StableDiffusionPipeline.from_pretrained(workspace / "model", use_safetensors=True, safety_checker=None)
+
+    trained = pipeline().unet
+    add_lora(trained, AdapterSpec(**spec))
+    checkpoint = load_file(out / "checkpoints" / "step-000004" / "model.safetensors")
+    trained.load_state_dict(checkpoint)
+    with_adapter, base = pipeline(), pipeline()
+    with_adapter.load_lora_weights(out)
+    latents, t, text = torch.randn(2, 4, 8, 8), torch.tensor([10, 600]), torch.randn(2, 16, 32)
     with torch.no_grad():
         adapted = with_adapter.unet(latents, t, encoder_hidden_states=text).sample
-        expected = merged_pipeline.unet(latents, t, encoder_hidden_states=text).sample
+        expected = merged(trained)(latents, t, encoder_hidden_states=text).sample
         untouched = base.unet(latents, t, encoder_hidden_states=text).sample
     torch.testing.assert_close(adapted, expected, rtol=1e-4, atol=1e-5)
     assert (adapted - untouched).abs().max() > 1e-4, "the adapter changes the U-Net"
