@@ -118,6 +118,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--out", type=Path, default=None, help="default: results/gpu.md on CUDA, stdout only on a CPU")
+    parser.add_argument(
+        "--one-process", action="store_true", help="measure every variant in this process (peak memory is then shared)"
+    )
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
@@ -126,6 +129,9 @@ def main() -> None:
     samples: dict[str, list[dict[str, float]]] = {label: [] for label in VARIANTS}
     for round_index in range(args.rounds):
         for label in VARIANTS:
+            if args.one_process:
+                samples[label].append(measure(label, args.steps))
+                continue
             command = [sys.executable, __file__, "--variant", label, "--steps", str(args.steps)]
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             samples[label].append(json.loads(output.strip().splitlines()[-1]))
@@ -133,12 +139,13 @@ def main() -> None:
     first = samples["naive"][0]
     cuda = bool(first["cuda"])
     device = "CUDA, bf16" if cuda else f"CPU ({platform.machine()}), fp32, tiny U-Net: a smoke run, not a measurement"
+    isolation = "all variants in one process" if args.one_process else "each variant in its own process"
     lines = [
         "# Step time and peak memory on a Stable Diffusion 1.5-shaped U-Net",
         "",
         f"U-Net of {first['parameters'] / 1e6:.1f} M parameters with random weights, "
         f"{'64×64' if cuda else '8×8'} latents, batch 1, {device}. Median of {args.rounds} rounds of "
-        f"{args.steps} steps, each variant in its own process, alternating. Produced by `python benchmarks/gpu.py`.",
+        f"{args.steps} steps, {isolation}, alternating. Produced by `python benchmarks/gpu.py`.",
         "",
         "| variant | s / step | × naive | peak memory (GiB) | × naive |",
         "|---|---|---|---|---|",

@@ -49,8 +49,18 @@ def _run(job: Path, processes: int) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
 
 
-@pytest.mark.parametrize("method", ["siss", "erasediff", "retrack"])
+@pytest.mark.parametrize("method", ["siss", "erasediff"])
 def test_two_processes_match_one_with_the_same_global_batch(workspace, job_document, method):
+    _one_and_two_processes_agree(workspace, job_document, method)
+
+
+def test_retrack_neighbours_are_the_same_on_every_rank(scenario, job_document, tmp_path):
+    """Each rank picks its forget images' neighbours from the same search (pixel model; the latent one is searched
+    in VAE space by the same code)."""
+    _one_and_two_processes_agree(copy_scenario(scenario, tmp_path), job_document, "retrack")
+
+
+def _one_and_two_processes_agree(workspace: Path, job_document: dict, method: str) -> None:
     job_document["spec"]["method"]["name"] = method
     job_document["spec"]["training"]["steps"] = 3
     job_document["spec"]["training"]["learningRate"] = 1e-3
