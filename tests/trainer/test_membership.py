@@ -114,6 +114,10 @@ def test_a_job_with_a_holdout_reports_membership_before_and_after(workspace, job
     membership = record["membership"]
     assert membership["evaluated"] and (membership["members"], membership["nonMembers"]) == (16, 24)
     assert membership["attacks"]["sima"]["aucAfter"] == metrics["after"]["mia_sima_auc"]
+    (image,) = membership["forgetImages"]["after"]  # the three forget files are one distinct image
+    assert image["file"].endswith(".png") and set(image) == {"file", "loss", "sima"}
+    assert image["loss"] == metrics["after"]["mia_loss_forget_percentile"]
+    assert len(membership["forgetImages"]["before"]) == 1
     assert any("held-out images" in limit for limit in membership["limits"])
     check = record["verdict"]["checks"][-1]
     assert check["check"].startswith("forget images score like non-members") and check["threshold"] == ">= 5.0"

@@ -208,12 +208,14 @@ def _membership_section(job: UnlearningJob, metrics: dict[str, Any]) -> dict[str
         }
         for attack in ("loss", "sima")
     }
+    percentiles = metrics.get("forgetPercentiles") or {}
     return {
         "evaluated": True,
         "members": min(job.spec.evaluation.retain_images, data["retain"]),
         "nonMembers": non_members,
         "holdoutUri": job.spec.data.holdout.uri if job.spec.data.holdout else None,
         "attacks": attacks,
+        "forgetImages": {"before": percentiles.get("before"), "after": percentiles.get("after")},
         "limits": [line.format(non_members=non_members, step=100 / non_members) for line in MEMBERSHIP_LIMITS],
     }
 

@@ -217,6 +217,10 @@ def run_job(
             "before": result.history[0] if result.history and result.history[0]["step"] == 0 else None,
             "after": result.history[-1] if result.history else None,
             "history": result.history,
+            "forgetPercentiles": {
+                "before": evaluator.forget_percentiles.get(0),
+                "after": evaluator.forget_percentiles.get(result.steps),
+            },
         }
         if main and spec.audit.relearning_steps and not result.interrupted:
             from unlearning_trainer.evaluation.relearning import relearning_probe

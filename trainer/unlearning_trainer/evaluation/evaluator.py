@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,6 +65,8 @@ class Evaluator:
         total = len(adapter.alphas_cumprod)
         self.grid = torch.linspace(0, total - 1, spec.timestep_grid).round().long()
         self.membership = None
+        self.forget_percentiles: dict[int, list[dict[str, Any]]] = {}
+        """Per evaluated step: each distinct forget image's membership percentile under every attack."""
         if holdout is not None:
             self.membership = MembershipAttacks(
                 adapter,
@@ -182,6 +185,12 @@ class Evaluator:
                 result["quality_fd_all"] = quality.frechet_to_reference(self.classifier, samples)
             if self.membership is not None:
                 result |= self.membership(unet)
+                percentiles = self.membership.last_forget_percentiles
+                if grid_name is None:
+                    self.forget_percentiles[step] = [
+                        {"file": name, **{attack: values[index] for attack, values in percentiles.items()}}
+                        for index, name in enumerate(self.membership.forget_names)
+                    ]
             grids.save_grid(samples[:GRID_SAMPLES], self.samples_dir / f"{grid_name or f'step-{step:06d}'}.png")
         finally:
             unet.train(was_training)

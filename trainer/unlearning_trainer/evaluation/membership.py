@@ -73,6 +73,9 @@ class MembershipAttacks:
             "holdout": holdout.take(torch.arange(len(holdout))),
             "forget": forget.take(torch.arange(len(forget))),
         }
+        self.forget_names = list(forget.names)
+        self.last_forget_percentiles: dict[str, list[float]] = {}
+        """Each forget image's percentile per attack, from the latest call (for the audit record)."""
 
     @torch.no_grad()
     def scores(self, unet: torch.nn.Module, name: str) -> dict[str, torch.Tensor]:
@@ -100,8 +103,10 @@ class MembershipAttacks:
         """mia_<attack>_auc, and the lowest and the mean forget percentile among non-members, per attack."""
         members, holdout, forget = (self.scores(unet, name) for name in ("members", "holdout", "forget"))
         result = {}
+        self.last_forget_percentiles = {}
         for attack in ATTACKS:
             percentiles = [percentile(float(score), holdout[attack]) for score in forget[attack]]
+            self.last_forget_percentiles[attack] = percentiles
             result[f"mia_{attack}_auc"] = auc(members[attack], holdout[attack])
             result[f"mia_{attack}_forget_percentile"] = min(percentiles)
             result[f"mia_{attack}_forget_percentile_mean"] = sum(percentiles) / len(percentiles)
