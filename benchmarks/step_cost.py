@@ -72,6 +72,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     args = parser.parse_args()
     accelerator = Accelerator(cpu=True)
+    torch.set_flush_denormal(True)  # as the trainer does (runner.py)
     setups = {}
     for name, spec in VARIANTS.items():
         unet = digits.unet()
