@@ -43,6 +43,12 @@ def test_runnable_examples_unlearn_and_pass_their_audit(path, tmp_path):
     assert record["verdict"]["passed"], record["verdict"]
     if job.spec.data.train is not None:
         assert record["data"]["excludedExactCopies"] == metrics["data"]["forget"] == 36
+    if job.spec.data.holdout is not None:
+        attacks = record["membership"]["attacks"]
+        assert all(attacks[a]["forgetPercentileBefore"] < attacks[a]["forgetPercentileAfter"] for a in attacks)
+        assert any(
+            check["check"].startswith("forget images score like non-members") for check in record["verdict"]["checks"]
+        )
 
 
 def test_the_readme_shows_the_runnable_example_as_it_is():

@@ -42,6 +42,17 @@ def test_shipped_data_is_what_the_build_script_makes(case):
         assert np.array_equal(shipped.pixels[:, 0].numpy(), expected[name])
 
 
+def test_the_holdout_is_real_digits_that_no_shipped_model_trained_on():
+    shipped = load_images(open_source(demo.SCENARIO / "data" / "holdout", field="holdout"), (1, 16, 16))
+    holdout = shipped.pixels[:, 0].numpy()
+    assert np.array_equal(holdout, digits.holdout()) and len(holdout) == 180
+    _, labels = digits.digits()
+    assert np.bincount(labels[digits.split()[1]], minlength=10).min() >= 17, "every digit class is held out"
+    for case in digits.CASES:
+        trained = {image.tobytes() for name in ("forget", "retain") for image in digits.cases()[case][name]}
+        assert not any(image.tobytes() in trained for image in holdout), case
+
+
 def test_glyph_is_far_from_every_real_digit():
     real, _ = digits.digits()
     distances = np.sqrt((((real / 255.0) - digits.glyph() / 255.0) ** 2).reshape(len(real), -1).sum(1))

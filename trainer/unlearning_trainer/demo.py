@@ -32,7 +32,15 @@ TABLE_ROWS = (
     ("retain_loss", "retain loss (ε-MSE)", "{:.4f}"),
     ("quality_is", "quality: digit score", "{:.3f}"),
     ("quality_fd", "quality: Fréchet distance", "{:.2f}"),
+    ("mia_loss_forget_percentile", "membership: loss pct", "{:.1f}"),
+    ("mia_sima_forget_percentile", "membership: SimA pct", "{:.1f}"),
 )
+METHOD_SETTINGS: dict[str, dict[str, float]] = {
+    "siss": {"lambda": 0.5, "forgetGradNorm": 3.0},
+    "siss-no-is": {"forgetGradNorm": 3.0},
+    "retrack": {"lambda": 0.001, "k": 10},
+}
+"""The demo's settings per method (benchmarks/results/pareto.md); the others run with the spec's defaults."""
 
 
 @dataclass(frozen=True)
@@ -70,8 +78,12 @@ def demo_job(settings: DemoSettings, output: Path, root: Path = SCENARIO) -> Unl
         "metadata": {"name": f"demo-{settings.case}-{settings.method}"},
         "spec": {
             "model": {"uri": str(root / "base")},
-            "data": {"forget": {"uri": str(data / "forget")}, "retain": {"uri": str(data / "retain")}},
-            "method": {"name": settings.method, "lambda": 0.5, "forgetGradNorm": 3.0},
+            "data": {
+                "forget": {"uri": str(data / "forget")},
+                "retain": {"uri": str(data / "retain")},
+                "holdout": {"uri": str(root / "data" / "holdout")},
+            },
+            "method": {"name": settings.method, **METHOD_SETTINGS.get(settings.method, {})},
             "training": {
                 "steps": settings.steps,
                 "batchSize": 64,

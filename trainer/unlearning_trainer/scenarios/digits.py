@@ -8,6 +8,9 @@ Two forget cases share the base model:
 - `glyph`: forget the 36 glyph copies, keep every digit (the headline case);
 - `digit`: forget the 36 copies of one real digit, keep everything else.
 
+A stratified tenth of the real digits (`data/holdout/`) is never trained on by any shipped model: the non-members
+of the membership-inference check.
+
 `python -m unlearning_trainer.scenarios.digits build OUT` reproduces the shipped files with a fixed seed.
 """
 
@@ -42,6 +45,7 @@ DUPLICATED_DIGIT_INDEX = 1572
 (L2 2.66 in [0, 1] pixels at 16×16), so that copies of it can be told from other digits."""
 SEED = 0
 CASES = ("glyph", "digit")
+HOLDOUT_FRACTION = 0.1
 
 
 def glyph(size: int = SIZE) -> np.ndarray:
@@ -63,15 +67,38 @@ def digits(size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
     return (upsampled[:, 0].clamp(0, 1) * 255).round().to(torch.uint8).numpy(), bunch.target
 
 
+def split() -> tuple[np.ndarray, np.ndarray]:
+    """Indices into `digits()` of the trained real digits and the held-out ones (a stratified tenth, seed 0).
+
+    The duplicated digit is always trained on: the `digit` case forgets it.
+    """
+    from sklearn.model_selection import train_test_split
+
+    _, labels = digits()
+    candidates = np.delete(np.arange(len(labels)), DUPLICATED_DIGIT_INDEX)
+    trained, held_out = train_test_split(
+        candidates, test_size=HOLDOUT_FRACTION, random_state=SEED, stratify=labels[candidates]
+    )
+    return np.sort(np.append(trained, DUPLICATED_DIGIT_INDEX)), np.sort(held_out)
+
+
+def holdout() -> np.ndarray:
+    """The held-out real digits: same distribution as the training set, seen by no shipped model."""
+    real, _ = digits()
+    return real[split()[1]]
+
+
 def cases() -> dict[str, dict[str, np.ndarray]]:
     """forget and retain images of both cases; the training set is forget ∪ retain in each."""
     real, _ = digits()
+    trained = real[split()[0]]
+    original = real[DUPLICATED_DIGIT_INDEX]
     glyphs = np.stack([glyph()] * COPIES)
-    duplicates = np.stack([real[DUPLICATED_DIGIT_INDEX]] * (COPIES - 1))
-    others = np.delete(real, DUPLICATED_DIGIT_INDEX, axis=0)
-    digit_copies = np.concatenate([real[DUPLICATED_DIGIT_INDEX : DUPLICATED_DIGIT_INDEX + 1], duplicates])
+    duplicates = np.stack([original] * (COPIES - 1))
+    others = trained[~(trained == original).all(axis=(1, 2))]
+    digit_copies = np.concatenate([original[None], duplicates])
     return {
-        "glyph": {"forget": glyphs, "retain": np.concatenate([real, duplicates])},
+        "glyph": {"forget": glyphs, "retain": np.concatenate([trained, duplicates])},
         "digit": {"forget": digit_copies, "retain": np.concatenate([others, glyphs])},
     }
 
@@ -144,10 +171,11 @@ def train_classifier(seed: int = SEED) -> tuple[DomainClassifier, float]:
 
 
 def write_case_data(root: Path) -> None:
-    """data/<case>/{forget,retain}/ image folders."""
+    """data/<case>/{forget,retain}/ and data/holdout/ image folders."""
     for case, sets in cases().items():
         for name, images in sets.items():
             builders.write_image_folder(images, root / "data" / case / name, prefix=name)
+    builders.write_image_folder(holdout(), root / "data" / "holdout", prefix="holdout")
 
 
 def write_manifest(root: Path) -> Path:
@@ -163,8 +191,8 @@ def write_manifest(root: Path) -> Path:
 
 
 def build(root: Path, *, steps: int, parts: tuple[str, ...]) -> None:
-    """Write the data, the quality classifier, the base model (trained on everything) and the glyph case's
-    retrain oracle (trained on its retain set only)."""
+    """Write the data, the quality classifier, the base model (trained on everything but the holdout) and each
+    case's retrain oracle (trained on its retain set only): `oracle/` for the glyph, `oracle-digit/`."""
     root.mkdir(parents=True, exist_ok=True)
     write_case_data(root)
     sets = cases()
@@ -178,6 +206,8 @@ def build(root: Path, *, steps: int, parts: tuple[str, ...]) -> None:
         builders.save_pipeline(*train_ddpm(everything, steps=steps), root / "base")
     if "oracle" in parts:
         builders.save_pipeline(*train_ddpm(sets["glyph"]["retain"], steps=steps), root / "oracle")
+    if "oracle-digit" in parts:
+        builders.save_pipeline(*train_ddpm(sets["digit"]["retain"], steps=steps), root / "oracle-digit")
     (root / "build.json").write_text(json.dumps(info, indent=2))
 
 
@@ -188,7 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     build_parser.add_argument("out", type=Path)
     build_parser.add_argument("--steps", type=int, default=5000)
     build_parser.add_argument(
-        "--parts", nargs="+", choices=("data", "classifier", "base", "oracle"), default=["classifier", "base", "oracle"]
+        "--parts",
+        nargs="+",
+        choices=("data", "classifier", "base", "oracle", "oracle-digit"),
+        default=["classifier", "base", "oracle"],
     )
     manifest_parser = commands.add_parser("manifest", help="rewrite MANIFEST.sha256")
     manifest_parser.add_argument("out", type=Path)
