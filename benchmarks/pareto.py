@@ -204,7 +204,7 @@ def case_table(case: str, runs: list[dict[str, Any]], references: list[dict[str,
 
 
 def summarize(runs: list[dict[str, Any]], references: list[dict[str, Any]], args: argparse.Namespace) -> str:
-    from unlearning_trainer.demo import THRESHOLDS
+    from unlearning_trainer.demo import SCENARIO, THRESHOLDS
 
     lines = [
         "# Pareto benchmark: digits-memorized, glyph and digit cases",
@@ -233,6 +233,8 @@ def summarize(runs: list[dict[str, Any]], references: list[dict[str, Any]], args
         f"`steps to rate 0` is the first evaluation (every {args.every} steps) with no memorized sample that stays "
         "at 0 at the next evaluation; – means not within the budget.",
     ]
+    build = json.loads((SCENARIO / "build.json").read_text())
+    lines += ["", f"The retrain oracle: {build['oracle']}." if "oracle" in build else ""]
     for case in args.cases:
         lines += ["", f"## {case} case", "", *case_table(case, runs, references)]
     return "\n".join(lines) + "\n"
