@@ -61,6 +61,8 @@ def _convert(node: Any, definitions: dict[str, Any]) -> Any:
             result["minimum"], result["exclusiveMinimum"] = value, True
         elif key == "exclusiveMaximum":
             result["maximum"], result["exclusiveMaximum"] = value, True
+        elif key == "const":
+            result["enum"] = [value]  # structural schemas have no const; a one-value enum says the same
         elif key == "properties":
             result[key] = {name: _convert(child, definitions) for name, child in value.items()}
         else:
