@@ -49,7 +49,7 @@ def test_every_example_applies_and_kubectl_get_shows_the_columns(platform, admin
 
 def test_kubectl_explain_shows_the_field_docs(kubectl, control_plane, platform):
     method = kubectl.run("explain", "unlearningjob.spec.method").stdout
-    assert "forgetGradNorm" in method and "SISS defensive-mixture weight" in method
+    assert "forgetGradNorm" in method and "SISS: defensive-mixture weight" in method and "ReTrack" in method
     training = kubectl.run("explain", "uj.spec.training.batchSize").stdout
     assert "Global batch size per optimizer step" in training
 
