@@ -123,11 +123,16 @@ def test_name_length_and_cross_field_rules():
     name_rule = _rules()["root"][0]["rule"]
     assert evaluate(name_rule, {"metadata": {"name": "a" * 50}})
     assert not evaluate(name_rule, {"metadata": {"name": "a" * 51}})
-    output_rule, batch_rule = (r["rule"] for r in _rules()["spec"])
+    output_rule, batch_rule, adapter_rule = (r["rule"] for r in _rules()["spec"])
     spec = _resolved_example()["spec"]
-    assert evaluate(output_rule, spec) and evaluate(batch_rule, spec)
+    assert evaluate(output_rule, spec) and evaluate(batch_rule, spec) and evaluate(adapter_rule, spec)
     assert not evaluate(output_rule, spec | {"output": {"uri": spec["model"]["uri"]}})
     assert not evaluate(batch_rule, spec | {"workers": 3})
+    adapter_output = spec["output"] | {"format": "adapter"}
+    no_adapter = {key: value for key, value in spec["method"].items() if key != "adapter"}
+    assert not evaluate(adapter_rule, spec | {"output": adapter_output, "method": no_adapter})
+    with_adapter = spec["method"] | {"adapter": {"type": "lora", "rank": 8}}
+    assert evaluate(adapter_rule, spec | {"output": adapter_output, "method": with_adapter})
 
 
 @pytest.fixture
