@@ -151,6 +151,8 @@ CASES = [
     Case("no-output-uri", _set("spec.output", {}), "spec.output.uri"),
     Case("empty-model-uri", _set("spec.model.uri", ""), "spec.model.uri"),
     Case("uri-with-trailing-newline", _set("spec.model.uri", "s3://models/ddpm-digits\n"), "spec.model.uri"),
+    Case("uri-nul-byte", _set("spec.model.uri", "\x00"), "spec.model.uri"),
+    Case("local-path-with-control-character", _set("spec.data.forget.uri", "/data/for\x07get"), "spec.data.forget.uri"),
     Case("s3-without-bucket", _set("spec.model.uri", "s3:///ddpm-digits"), "spec.model.uri"),
     Case("s3-bucket-upper-case", _set("spec.data.forget.uri", "s3://Datasets/forget"), "spec.data.forget.uri"),
     Case("s3-one-slash", _set("spec.data.retain.uri", "s3:/datasets/retain"), "spec.data.retain.uri"),

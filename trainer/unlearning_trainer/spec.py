@@ -40,12 +40,16 @@ SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z
 MAX_URI = 2048
 
 
-URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|file://.+|[/.~].*|[^:]+)$"
+URI_PATTERN = (
+    r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\x00-\x1f\x7f]*)?|file://[^\x00-\x1f\x7f]+"
+    r"|[/.~][^\x00-\x1f\x7f]*|[^:\x00-\x1f\x7f]+)$"
+)
 """s3://bucket[/prefix] with a valid bucket name (3-63 lower-case letters, digits, '.' and '-'), a file:// URI,
-or a local path; no other scheme (a typo such as `s3:/bucket` or `gs://` is caught here, not as a retry later)."""
+or a local path; no other scheme (a typo such as `s3:/bucket` or `gs://` is caught here, not as a retry later),
+and no control characters (a path cannot hold a NUL byte)."""
 BAD_URI = (
     "is not a URI the trainer can read. Fix: use s3://bucket/prefix (bucket names are 3-63 lower-case letters, "
-    "digits, '.' and '-'), a file:// URI or a local path"
+    "digits, '.' and '-'), a file:// URI or a local path, with no control characters"
 )
 
 
