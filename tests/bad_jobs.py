@@ -171,7 +171,6 @@ CASES = [
         "spec.data.nearDuplicateDistance",
     ),
     Case("unknown-data-format", _set("spec.data.retain.format", "tfrecord"), "spec.data.retain.format"),
-    Case("fp16", _set("spec.training.mixedPrecision", "fp16"), "spec.training.mixedPrecision"),
     Case("stop-when-nothing", _set("spec.training.stopWhen", {"evaluations": 2}), "spec.training.stopWhen"),
     Case("relearning-negative", _set("spec.audit.relearningSteps", -1), "spec.audit.relearningSteps"),
     Case(

@@ -10,7 +10,7 @@ from unlearning_trainer.objectives import gradients, losses
 from unlearning_trainer.objectives.methods import FORWARD_PASSES, Objective
 from unlearning_trainer.scenarios import builders
 from unlearning_trainer.spec import METHODS, MethodSpec
-from unlearning_trainer.training.step import MicroBatch, Stepper, flatten
+from unlearning_trainer.training.step import MicroBatch, Stepper
 
 BATCH = 6
 
@@ -47,10 +47,20 @@ def test_forward_pass_counts(unet: torch.nn.Module, method: str):
     assert FORWARD_PASSES["siss"] == 1 and FORWARD_PASSES["siss-no-is"] == 2
 
 
+def _flat(grads: tuple[torch.Tensor | None, ...], params: list[torch.Tensor]) -> torch.Tensor:
+    pairs = zip(grads, params, strict=True)
+    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in pairs])
+
+
+def _norm_fixed(g_keep: torch.Tensor, g_forget: torch.Tensor, c: float) -> tuple[torch.Tensor, float]:
+    combination = gradients.norm_fixed(gradients.global_norm(g_forget), c)
+    return gradients.apply(combination, g_keep.clone(), g_forget.clone()), -combination.forget
+
+
 def test_norm_fixing_sets_the_forget_component_to_exactly_c():
     g = torch.Generator().manual_seed(0)
     g_keep, g_forget = torch.randn(1000, generator=g), torch.randn(1000, generator=g) * 37.0
-    update, factor = gradients.norm_fixed(g_keep, g_forget, 5.0)
+    update, factor = _norm_fixed(g_keep, g_forget, 5.0)
     assert gradients.global_norm(update - g_keep) == pytest.approx(5.0, rel=1e-6)
     assert factor == pytest.approx(5.0 / gradients.global_norm(g_forget))
     cosine = torch.nn.functional.cosine_similarity(g_keep - update, g_forget, dim=0)
@@ -59,19 +69,26 @@ def test_norm_fixing_sets_the_forget_component_to_exactly_c():
 
 def test_norm_fixing_guards_a_zero_forget_gradient():
     g_keep = torch.randn(10)
-    update, factor = gradients.norm_fixed(g_keep, torch.zeros(10), 5.0)
+    update, factor = _norm_fixed(g_keep, torch.zeros(10), 5.0)
     assert factor == 0.0
     torch.testing.assert_close(update, g_keep)
     assert torch.isfinite(update).all()
 
 
+def test_norms_and_inner_products_are_float64_sums_over_chunks(monkeypatch):
+    monkeypatch.setattr(gradients, "CHUNK", 7)
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(100, generator=g), torch.randn(100, generator=g)
+    assert gradients.inner(a, b) == pytest.approx(torch.dot(a.double(), b.double()).item(), rel=1e-12)
+    assert gradients.global_norm(a) == pytest.approx(a.double().norm().item(), rel=1e-12)
+
+
 def test_erasediff_coefficient():
     g_keep, g_forget = torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1.0])
-    update, coefficient = gradients.erasediff(g_keep, g_forget, eta=0.1)
-    assert coefficient == pytest.approx(0.1 + 0.5)
-    torch.testing.assert_close(update, g_keep + 0.6 * g_forget)
-    _, coefficient = gradients.erasediff(torch.tensor([1.0, 0.0]), torch.tensor([1.0, 0.0]), eta=0.1)
-    assert coefficient == 0.0
+    combination = gradients.erasediff(gradients.inner(g_keep, g_forget), gradients.global_norm(g_forget), eta=0.1)
+    assert combination.forget == pytest.approx(0.1 + 0.5)
+    torch.testing.assert_close(gradients.apply(combination, g_keep.clone(), g_forget), g_keep + 0.6 * g_forget)
+    assert gradients.erasediff(1.0, 1.0, eta=0.1).forget == 0.0
 
 
 class _RecordingSGD(torch.optim.SGD):
@@ -83,15 +100,15 @@ class _RecordingSGD(torch.optim.SGD):
 
     def step(self, closure=None):  # type: ignore[no-untyped-def]
         params = [p for group in self.param_groups for p in group["params"]]
-        self.seen.append(flatten(tuple(p.grad for p in params), params).clone())
+        self.seen.append(_flat(tuple(p.grad for p in params), params).clone())
         return super().step(closure)
 
 
 def _reference_gradients(unet: torch.nn.Module, method: MethodSpec, batch: MicroBatch):
     params = list(unet.parameters())
     terms = Objective(method).terms(batch.denoise_keep, batch.denoise_forget, batch.keep, batch.forget, batch.noise)
-    g_keep = flatten(torch.autograd.grad(terms.keep, params, retain_graph=True), params)
-    g_forget = flatten(torch.autograd.grad(terms.forget, params), params)
+    g_keep = _flat(torch.autograd.grad(terms.keep, params, retain_graph=True, allow_unused=True), params)
+    g_forget = _flat(torch.autograd.grad(terms.forget, params, allow_unused=True), params)
     return g_keep, g_forget
 
 
@@ -151,6 +168,57 @@ def test_refresh_every_step_is_the_exact_step(unet: torch.nn.Module):
         assert once(step, [_batch(unet, step)])["single_backward"] == 0.0
     for a, b in zip(exact_opt.seen, once_opt.seen, strict=True):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize(("method", "buffers"), [("naive", 1), ("siss", 2), ("siss-no-is", 2), ("neggrad", 1)])
+def test_the_update_is_formed_in_place_in_one_gradient_buffer(unet: torch.nn.Module, monkeypatch, method, buffers):
+    """Lean memory: a method with two gradients allocates two parameter-sized buffers and hands the optimizer
+    views of one of them; no flat copy is made on the way."""
+    from unlearning_trainer.training import step as step_module
+
+    made: list[torch.Tensor] = []
+
+    class Counted(step_module.GradientBuffer):
+        def __init__(self, params: list[torch.Tensor]) -> None:
+            super().__init__(params)
+            made.append(self.flat)
+
+    monkeypatch.setattr(step_module, "GradientBuffer", Counted)
+    stepper, optimizer = _stepper(unet, MethodSpec(name=method))
+    storages: set[int] = set()
+    original = optimizer.step
+
+    def step(closure=None):  # type: ignore[no-untyped-def]
+        storages.update(p.grad.untyped_storage().data_ptr() for p in unet.parameters())
+        return original(closure)
+
+    optimizer.step = step
+    stepper(0, [_batch(unet, 1), _batch(unet, 2)])
+    assert len(made) == buffers
+    assert storages == {made[0].untyped_storage().data_ptr()} or storages == {made[-1].untyped_storage().data_ptr()}
+
+
+def test_the_all_reduce_covers_every_element_one_bucket_at_a_time(unet: torch.nn.Module, monkeypatch):
+    from unlearning_trainer.training import step as step_module
+
+    monkeypatch.setattr(step_module, "BUCKET_ELEMENTS", 1000)
+    sizes: list[int] = []
+
+    class TwoProcesses:
+        num_processes = 2
+
+        def reduce(self, tensor: torch.Tensor, reduction: str) -> torch.Tensor:
+            assert reduction == "mean"
+            sizes.append(tensor.numel())
+            return tensor + 1.0
+
+    stepper, _ = _stepper(unet, MethodSpec(name="naive"))
+    stepper.accelerator = TwoProcesses()  # type: ignore[assignment]
+    buffer = step_module.GradientBuffer(stepper.params)
+    buffer.flat.copy_(torch.arange(buffer.flat.numel(), dtype=buffer.flat.dtype))
+    stepper._all_reduce(buffer)
+    torch.testing.assert_close(buffer.flat, torch.arange(buffer.flat.numel(), dtype=buffer.flat.dtype) + 1.0)
+    assert max(sizes) == 1000 and sum(sizes) == buffer.flat.numel() and len(sizes) > 1
 
 
 def test_clipping_caps_the_global_norm(unet: torch.nn.Module):

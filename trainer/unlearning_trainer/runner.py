@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from unlearning_trainer import __version__, audit
-from unlearning_trainer.spec import UnlearningJob, UnlearningJobSpec, dump_job
+from unlearning_trainer.errors import SpecError
+from unlearning_trainer.spec import FP16_NEEDS_A_GPU, UnlearningJob, UnlearningJobSpec, dump_job
 from unlearning_trainer.storage.base import checkpoint_mirror_for, storage_for
 from unlearning_trainer.tracking.base import FanOutTracker, LogTracker, NullTracker, Tracker
 from unlearning_trainer.training.fingerprint import fingerprint
@@ -144,6 +145,8 @@ def run_job(
 
     output_storage = storage_for(spec.output.uri, endpoint=endpoint)
     workdir = output_storage.workdir(spec.output.uri)
+    if spec.training.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise SpecError(FP16_NEEDS_A_GPU)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=spec.training.mixed_precision)
     # SISS weights of e^-1000 scale keep-term gradients into float32's subnormal range, which x86 CPUs compute
     # about 100x slower: flushing them to zero made exact SISS 1.37x faster on a CPU (benchmarks/step_cost.py).
@@ -313,7 +316,6 @@ def _prepare_unet(spec: UnlearningJobSpec, adapter: DiffusionAdapter) -> None:
     """With method.adapter, add the LoRA layers that will train (the rest of the U-Net is frozen)."""
     if spec.method.adapter is None:
         return
-    from unlearning_trainer.errors import SpecError
     from unlearning_trainer.models.lora import add_lora
 
     if spec.output.format == "adapter" and adapter.kind != "latent":

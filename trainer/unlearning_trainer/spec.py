@@ -226,10 +226,9 @@ WARMUP_WITHOUT_SCHEDULE = (
     "spec.training.lrWarmupSteps is set but spec.training.lrScheduler is constant, which has no warm-up. "
     "Fix: use constant_with_warmup, linear or cosine, or drop lrWarmupSteps."
 )
-FP16_REFUSED = (
-    "spec.training.mixedPrecision: fp16 needs loss scaling, and the norm-fixed two-gradient step (SISS) would have "
-    "to unscale both gradients before fixing the forget norm and clipping, which this trainer does not do. Fix: "
-    "use bf16 (GPUs since Ampere, and CPUs) or no."
+FP16_NEEDS_A_GPU = (
+    "spec.training.mixedPrecision: fp16 needs a CUDA GPU (accelerate applies fp16 autocast and loss scaling only "
+    "there; on this machine the job would silently train in float32). Fix: use bf16 or no, or run on a GPU."
 )
 WARMUP_TOO_LONG = (
     "spec.training.lrWarmupSteps must be less than spec.training.steps. Fix: shorten the warm-up or train longer."
@@ -291,7 +290,6 @@ class TrainingSpec(WireModel):
                     ".lrWarmupSteps",
                 ),
                 cel_rule("self.lrWarmupSteps < self.steps", WARMUP_TOO_LONG, ".lrWarmupSteps"),
-                cel_rule("self.mixedPrecision != 'fp16'", FP16_REFUSED, ".mixedPrecision"),
             ]
         }
     )
@@ -318,9 +316,10 @@ class TrainingSpec(WireModel):
     mixed_precision: Literal["no", "bf16", "fp16"] = Field(
         default="no",
         description=(
-            "Run the U-Net's forward and backward passes in bfloat16 (accelerate's autocast; the weights, the "
-            "optimizer and the loss arithmetic stay float32). fp16 is refused: it needs loss scaling, which the "
-            "two-gradient steps here do not do."
+            "Run the U-Net's forward and backward passes in bfloat16 or float16 (accelerate's autocast; the "
+            "weights, the optimizer and the loss arithmetic stay float32). fp16 needs a CUDA GPU and uses a dynamic "
+            "loss scale: both SISS gradients are combined in scaled space and unscaled once, which is exact; a "
+            "step whose gradients overflow is skipped. Prefer bf16 where the GPU has it (Ampere and later)."
         ),
     )
     stop_when: StopWhen | None = Field(
@@ -347,12 +346,6 @@ class TrainingSpec(WireModel):
                 f"spec.training.lrWarmupSteps ({self.lr_warmup_steps}) must be less than spec.training.steps "
                 f"({self.steps}). Fix: shorten the warm-up or train longer."
             )
-        return self
-
-    @model_validator(mode="after")
-    def _no_fp16(self) -> TrainingSpec:
-        if self.mixed_precision == "fp16":
-            raise ValueError(FP16_REFUSED)
         return self
 
 

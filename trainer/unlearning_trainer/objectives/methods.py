@@ -77,21 +77,25 @@ class Objective:
         return losses.siss(denoise_keep, keep, forget, noise, self.spec.lambda_)
 
     def combine(
-        self, g_keep: torch.Tensor | None, g_forget: torch.Tensor | None
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """One update direction from the (all-reduced) keep and forget gradients, plus what to log."""
+        self, g_keep: torch.Tensor | None, g_forget: torch.Tensor | None, *, loss_scale: float = 1.0
+    ) -> tuple[gradients.Combination, dict[str, float]]:
+        """The coefficients of the update g = α·G_x + β·G_a from the (all-reduced) gradients, plus what to log.
+
+        The gradients may carry a loss scale S (fp16): norms are divided by S before they enter a rule, so the
+        coefficients are those of the unscaled gradients and α·(S·G_x) + β·(S·G_a) = S·g unscales exactly."""
         name = self.spec.name
         stats: dict[str, float] = {}
         if g_keep is not None:
-            stats["grad_norm_keep"] = gradients.global_norm(g_keep)
+            stats["grad_norm_keep"] = gradients.global_norm(g_keep) / loss_scale
         if g_forget is not None:
-            stats["grad_norm_forget"] = gradients.global_norm(g_forget)
+            stats["grad_norm_forget"] = gradients.global_norm(g_forget) / loss_scale
         if name == "naive":
-            return g_keep, stats
+            return gradients.Combination(keep=1.0, forget=0.0), stats
         if name == "neggrad":
-            return gradients.neggrad(g_forget, self.spec.neg_grad_scale), stats
+            return gradients.neggrad(self.spec.neg_grad_scale), stats
         if name == "erasediff":
-            g, coefficient = gradients.erasediff(g_keep, g_forget, self.spec.eta)
-            return g, stats | {"erasediff_coefficient": coefficient}
-        g, factor = gradients.norm_fixed(g_keep, g_forget, self.spec.forget_grad_norm)
-        return g, stats | {"forget_scale": factor}
+            dot = gradients.inner(g_keep, g_forget) / loss_scale**2
+            combination = gradients.erasediff(dot, stats["grad_norm_forget"], self.spec.eta)
+            return combination, stats | {"erasediff_coefficient": combination.forget}
+        combination = gradients.norm_fixed(stats["grad_norm_forget"], self.spec.forget_grad_norm)
+        return combination, stats | {"forget_scale": -combination.forget}
