@@ -135,7 +135,7 @@ def run_job(
     from unlearning_trainer.data.prepare import load_holdout, prepare_data
     from unlearning_trainer.evaluation.evaluator import Evaluator
     from unlearning_trainer.models.loading import load_adapter
-    from unlearning_trainer.training.loop import TrainingData, train
+    from unlearning_trainer.training.loop import Checkpointing, Reporting, TrainingData, train
 
     spec = job.spec
     endpoint = spec.storage.endpoint
@@ -202,13 +202,12 @@ def run_job(
                 retain=retain, forget=forget, neighbours=_neighbours(spec, retain, forget, adapter, accelerator)
             ),
             accelerator=accelerator,
-            evaluator=evaluator,
-            tracker=tracker,
-            checkpoint_dir=workdir / "checkpoints",
-            checkpoint_mirror=mirror,
-            fingerprint=fingerprint(spec, model_digest=model_digest, data_digest=data_summary["sha256"]),
-            on_progress=on_progress,
-            show_progress=show_progress,
+            checkpointing=Checkpointing(
+                workdir / "checkpoints",
+                mirror,
+                fingerprint(spec, model_digest=model_digest, data_digest=data_summary["sha256"]),
+            ),
+            reporting=Reporting(tracker, evaluator, on_progress, show_progress),
         )
         metrics = {
             "status": "interrupted" if result.interrupted else "succeeded",

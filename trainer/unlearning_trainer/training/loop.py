@@ -123,142 +123,200 @@ def _micro_batches(
     return batches
 
 
+@dataclass(frozen=True)
+class Checkpointing:
+    folder: Path
+    mirror: checkpoints.Mirror | None = None
+    """Copies checkpoints to the output store (S3), so that a new pod resumes where the last one stopped."""
+    fingerprint: dict[str, Any] | None = None
+    """What shapes the weights (training/fingerprint.py); a checkpoint with another one is not resumed."""
+
+
+@dataclass(frozen=True)
+class Reporting:
+    tracker: Tracker
+    evaluator: Evaluator | None = None
+    on_progress: ProgressCallback | None = None
+    show_progress: bool = True
+
+
+class _Session:
+    """One call to `train`: the prepared model, optimizer and schedule, the resumed state, and the phases of the
+    loop (step, log, evaluate, checkpoint). Only rank 0 evaluates, logs and writes; every rank steps."""
+
+    def __init__(
+        self,
+        spec: UnlearningJobSpec,
+        adapter: DiffusionAdapter,
+        data: TrainingData,
+        accelerator: Accelerator,
+        checkpointing: Checkpointing,
+        reporting: Reporting,
+    ) -> None:
+        training = spec.training
+        self.spec, self.adapter, self.data, self.accelerator = spec, adapter, data, accelerator
+        self.checkpointing, self.reporting = checkpointing, reporting
+        self.main = accelerator.is_main_process
+        adapter.unet.train()
+        if training.gradient_checkpointing:
+            adapter.unet.enable_gradient_checkpointing()
+        optimizer = torch.optim.AdamW(
+            [p for p in adapter.unet.parameters() if p.requires_grad],
+            lr=training.learning_rate,
+            betas=(training.adam_beta1, training.adam_beta2),
+            weight_decay=training.weight_decay,
+        )
+        self.unet, self.optimizer = accelerator.prepare(adapter.unet, optimizer)
+        self.scheduler = get_scheduler(
+            training.lr_scheduler,
+            self.optimizer,
+            num_warmup_steps=training.lr_warmup_steps,
+            num_training_steps=training.steps,
+        )
+        self.raw_unet = accelerator.unwrap_model(self.unet)
+        self.stepper = Stepper(
+            Objective(spec.method),
+            accelerator,
+            self.unet,
+            self.optimizer,
+            max_grad_norm=training.max_grad_norm,
+            refresh_every=spec.method.forget_norm_refresh_every,
+            scheduler=self.scheduler,
+        )
+        self.samplers = (
+            InfiniteSampler(len(data.retain), training.seed),
+            InfiniteSampler(len(data.forget), training.seed + 1),
+        )
+        self.state = self._resume()
+        self.train_seconds = 0.0
+
+    def _resume(self) -> checkpoints.TrainingState:
+        """The latest checkpoint's state (pulled from the mirror when this machine has none), or a fresh one."""
+        folder, mirror = self.checkpointing.folder, self.checkpointing.mirror
+        fingerprint = self.checkpointing.fingerprint
+        with self.accelerator.local_main_process_first():
+            if mirror is not None and not checkpoints.list_checkpoints(folder):
+                mirror.pull(folder)
+        state = checkpoints.load_latest(folder, self.raw_unet, self.optimizer, self.scheduler)
+        state = state or checkpoints.TrainingState()
+        if state.step and fingerprint is not None:
+            check_resume(state.fingerprint, fingerprint, step=state.step)
+        state.fingerprint = fingerprint
+        self.stepper.cached_scale = state.cached_forget_scale
+        if state.step:
+            logger.info("resuming from checkpoint at step %d of %d", state.step, self.spec.training.steps)
+        return state
+
+    def step(self, step: int) -> dict[str, float]:
+        """Optimizer step `step`: the global RNG reseeded for it, its micro-batches, one update."""
+        started = time.perf_counter()
+        torch.manual_seed(seed_for(self.spec.training.seed, step, self.accelerator.process_index, GLOBAL_RNG_STREAM))
+        micro_batches = _micro_batches(
+            self.spec, self.adapter, self.data, self.samplers, self.unet, self.accelerator, step
+        )
+        stats = self.stepper(step, micro_batches)
+        self.train_seconds += time.perf_counter() - started
+        self.state.step = step + 1
+        return stats
+
+    def log(self, stats: dict[str, float]) -> None:
+        step = self.state.step
+        if self.main:
+            metrics = {f"train/{key}": value for key, value in stats.items()}
+            self.reporting.tracker.log_metrics(metrics | {"progress/step": float(step)}, step=step)
+        if self.reporting.on_progress is not None:
+            self.reporting.on_progress(step, self.spec.training.steps)
+
+    def evaluate(self) -> None:
+        """Evaluate the current weights on rank 0 and record them in the history checkpoints carry."""
+        evaluator, step = self.reporting.evaluator, self.state.step
+        if self.main and evaluator is not None:
+            metrics = evaluator(self.raw_unet, step)
+            self.state.history.append({"step": step, **metrics})
+            self.reporting.tracker.log_metrics({f"eval/{key}": value for key, value in metrics.items()}, step=step)
+        self.accelerator.wait_for_everyone()
+
+    def evaluation_due(self) -> bool:
+        step = self.state.step
+        return step % self.spec.evaluation.every == 0 or step == self.spec.training.steps
+
+    def checkpoint_due(self) -> bool:
+        return self.state.step % self.spec.training.checkpoint_every == 0
+
+    def checkpoint(self) -> None:
+        self.state.cached_forget_scale = self.stepper.cached_scale
+        if self.main:
+            keep = self.spec.training.checkpoints_to_keep
+            folder = checkpoints.save(
+                self.checkpointing.folder, self.raw_unet, self.optimizer, self.scheduler, self.state, keep=keep
+            )
+            if self.checkpointing.mirror is not None:
+                self.checkpointing.mirror.push(folder, keep=keep)
+            logger.info("checkpoint saved at step %d", self.state.step)
+        self.accelerator.wait_for_everyone()
+
+    def request_met(self) -> bool:
+        """training.stopWhen against the evaluations so far (rank 0's verdict, known to every rank)."""
+        rule = self.spec.training.stop_when
+        return rule is not None and _any_rank(self.accelerator, self.main and rule.met(self.state.history))
+
+    def progress_bar(self, initial: int) -> tqdm:
+        return tqdm(
+            total=self.spec.training.steps,
+            initial=initial,
+            desc=f"unlearning ({self.spec.method.name})",
+            disable=not (self.main and self.reporting.show_progress),
+        )
+
+
 def train(
     spec: UnlearningJobSpec,
     adapter: DiffusionAdapter,
     data: TrainingData,
     *,
     accelerator: Accelerator,
-    evaluator: Evaluator | None,
-    tracker: Tracker,
-    checkpoint_dir: Path,
-    checkpoint_mirror: checkpoints.Mirror | None = None,
-    fingerprint: dict[str, Any] | None = None,
-    on_progress: ProgressCallback | None = None,
-    show_progress: bool = True,
+    checkpointing: Checkpointing,
+    reporting: Reporting,
 ) -> TrainingResult:
-    """Fine-tune `adapter.unet` in place with the objective of `spec.method`.
-
-    `fingerprint` (training/fingerprint.py) goes into every checkpoint; a checkpoint with another one is not
-    resumed (ResumeMismatch).
-    """
-    training = spec.training
-    adapter.unet.train()
-    if training.gradient_checkpointing:
-        adapter.unet.enable_gradient_checkpointing()
-    optimizer = torch.optim.AdamW(
-        [p for p in adapter.unet.parameters() if p.requires_grad],
-        lr=training.learning_rate,
-        betas=(training.adam_beta1, training.adam_beta2),
-        weight_decay=training.weight_decay,
-    )
-    unet, optimizer = accelerator.prepare(adapter.unet, optimizer)
-    scheduler = get_scheduler(
-        training.lr_scheduler,
-        optimizer,
-        num_warmup_steps=training.lr_warmup_steps,
-        num_training_steps=training.steps,
-    )
-    raw_unet = accelerator.unwrap_model(unet)
-    stepper = Stepper(
-        Objective(spec.method),
-        accelerator,
-        unet,
-        optimizer,
-        max_grad_norm=training.max_grad_norm,
-        refresh_every=spec.method.forget_norm_refresh_every,
-        scheduler=scheduler,
-    )
-    with accelerator.local_main_process_first():
-        if checkpoint_mirror is not None and not checkpoints.list_checkpoints(checkpoint_dir):
-            checkpoint_mirror.pull(checkpoint_dir)
-    state = checkpoints.load_latest(checkpoint_dir, raw_unet, optimizer, scheduler) or checkpoints.TrainingState()
-    if state.step and fingerprint is not None:
-        check_resume(state.fingerprint, fingerprint, step=state.step)
-    state.fingerprint = fingerprint
-    resumed_from = state.step
-    stepper.cached_scale = state.cached_forget_scale
-    if resumed_from:
-        logger.info("resuming from checkpoint at step %d of %d", resumed_from, training.steps)
-    samplers = (
-        InfiniteSampler(len(data.retain), training.seed),
-        InfiniteSampler(len(data.forget), training.seed + 1),
-    )
-    main = accelerator.is_main_process
-    if main:
-        tracker.log_metrics({RESUMED_METRIC: float(resumed_from)}, step=resumed_from)
-
-    def evaluate(step: int) -> None:
-        if main and evaluator is not None:
-            metrics = evaluator(raw_unet, step)
-            state.history.append({"step": step, **metrics})
-            tracker.log_metrics({f"eval/{key}": value for key, value in metrics.items()}, step=step)
-        accelerator.wait_for_everyone()
-
-    def checkpoint() -> None:
-        state.cached_forget_scale = stepper.cached_scale
-        if main:
-            folder = checkpoints.save(
-                checkpoint_dir, raw_unet, optimizer, scheduler, state, keep=training.checkpoints_to_keep
-            )
-            if checkpoint_mirror is not None:
-                checkpoint_mirror.push(folder, keep=training.checkpoints_to_keep)
-            logger.info("checkpoint saved at step %d", state.step)
-        accelerator.wait_for_everyone()
-
+    """Fine-tune `adapter.unet` in place with the objective of `spec.method`: resume, then step, log, evaluate
+    and checkpoint until `training.steps`, `training.stopWhen` or a SIGTERM."""
+    session = _Session(spec, adapter, data, accelerator, checkpointing, reporting)
+    resumed_from = session.state.step
+    if session.main:
+        reporting.tracker.log_metrics({RESUMED_METRIC: float(resumed_from)}, step=resumed_from)
     if resumed_from == 0:
-        evaluate(0)
-    bar = tqdm(
-        total=training.steps,
-        initial=resumed_from,
-        desc=f"unlearning ({spec.method.name})",
-        disable=not (main and show_progress),
-    )
+        session.evaluate()
+    met = session.request_met()
+    last = resumed_from if met else spec.training.steps  # a run that stopped early and is rerun has nothing left
     interrupted = False
-    train_seconds = 0.0
-    met = _request_met(spec, state.history, accelerator)
-    last = resumed_from if met else training.steps  # a run that stopped early and is rerun has nothing left
+    bar = session.progress_bar(resumed_from)
     with _Preemption() as preemption:
         for step in range(resumed_from, last):
-            started = time.perf_counter()
-            torch.manual_seed(seed_for(training.seed, step, accelerator.process_index, GLOBAL_RNG_STREAM))
-            stats = stepper(step, _micro_batches(spec, adapter, data, samplers, unet, accelerator, step))
-            train_seconds += time.perf_counter() - started
-            state.step = step + 1
-            if main:
-                metrics = {f"train/{key}": value for key, value in stats.items()}
-                tracker.log_metrics(metrics | {"progress/step": float(state.step)}, step=state.step)
-                bar.update(1)
-                bar.set_postfix(loss_keep=stats.get("loss_keep"), loss_forget=stats.get("loss_forget"), refresh=False)
-            if on_progress is not None:
-                on_progress(state.step, training.steps)
-            if state.step % spec.evaluation.every == 0 or state.step == training.steps:
-                evaluate(state.step)
-                met = _request_met(spec, state.history, accelerator)
+            stats = session.step(step)
+            session.log(stats)
+            bar.update(1)
+            bar.set_postfix(loss_keep=stats.get("loss_keep"), loss_forget=stats.get("loss_forget"), refresh=False)
+            if session.evaluation_due():
+                session.evaluate()
+                met = session.request_met()
             stop = _any_rank(accelerator, preemption.requested)
-            if state.step % training.checkpoint_every == 0 or stop or met:
-                checkpoint()
+            if session.checkpoint_due() or stop or met:
+                session.checkpoint()
             if met:
-                logger.info("training.stopWhen met at step %d of %d", state.step, training.steps)
+                logger.info("training.stopWhen met at step %d of %d", session.state.step, spec.training.steps)
                 break
             if stop:
                 interrupted = True
                 break
     bar.close()
     return TrainingResult(
-        steps=state.step,
+        steps=session.state.step,
         resumed_from=resumed_from,
-        history=state.history,
+        history=session.state.history,
         interrupted=interrupted,
-        train_seconds=train_seconds,
-        stopped_early=met and state.step < training.steps,
+        train_seconds=session.train_seconds,
+        stopped_early=met and session.state.step < spec.training.steps,
     )
-
-
-def _request_met(spec: UnlearningJobSpec, history: list[dict[str, Any]], accelerator: Accelerator) -> bool:
-    """training.stopWhen against the evaluations so far (only rank 0 evaluates; every rank learns the answer)."""
-    rule = spec.training.stop_when
-    return rule is not None and _any_rank(accelerator, accelerator.is_main_process and rule.met(history))
 
 
 def _any_rank(accelerator: Accelerator, local: bool) -> bool:
