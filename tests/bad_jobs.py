@@ -92,6 +92,7 @@ CASES = [
     Case("lambda-1", _set("spec.method.lambda", 1), None),
     Case("retrack", _set("spec.method", {"name": "retrack", "k": 10, "lambda": 0.005}), None),
     Case("holdout", _set("spec.data.holdout", {"uri": "s3://datasets/digits/holdout/"}), None),
+    Case("retain-generated", _set("spec.data.retain", {"generate": {"imagesPerCaption": 32}}), None),
     Case(
         "lora", _set("spec.method.adapter", {"type": "lora", "rank": 16, "alpha": 16, "targetModules": ["to_q"]}), None
     ),
@@ -197,6 +198,17 @@ CASES = [
     Case("membership-no-timesteps", _set("spec.evaluation.membership.lossTimesteps", []), "lossTimesteps"),
     Case("membership-percentile-above-100", _set("spec.audit.minMembershipPercentile", 101), "minMembershipPercentile"),
     Case("holdout-without-uri", _set("spec.data.holdout", {}), "spec.data.holdout.uri"),
+    Case("retain-without-uri-or-generate", _set("spec.data.retain", {}), "spec.data.retain"),
+    Case(
+        "retain-uri-and-generate",
+        _set("spec.data.retain", {"uri": "s3://datasets/r/", "generate": {"imagesPerCaption": 8}}),
+        "spec.data.retain",
+    ),
+    Case(
+        "retain-generate-zero-images",
+        _set("spec.data.retain", {"generate": {"imagesPerCaption": 0}}),
+        "spec.data.retain.generate.imagesPerCaption",
+    ),
     Case("lora-rank-0", _set("spec.method.adapter", {"rank": 0}), "spec.method.adapter.rank"),
     Case("lora-unknown-type", _set("spec.method.adapter", {"type": "dora"}), "spec.method.adapter.type"),
     Case("lora-no-targets", _set("spec.method.adapter", {"targetModules": []}), "targetModules"),

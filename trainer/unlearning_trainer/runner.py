@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from unlearning_trainer import __version__, audit
-from unlearning_trainer.errors import SpecError
+from unlearning_trainer.errors import DataError, SpecError
 from unlearning_trainer.spec import FP16_NEEDS_A_GPU, UnlearningJob, UnlearningJobSpec, dump_job
 from unlearning_trainer.storage.base import checkpoint_mirror_for, storage_for
 from unlearning_trainer.tracking.base import FanOutTracker, LogTracker, NullTracker, Tracker
@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("unlearning_trainer.runner")
 
 SAMPLING_FORM = "retain"
+CAPTION_CHUNK = 256
+"""Retain images decoded at a time while their captions are collected."""
 """Keep images are drawn from the retain set p_{X\\A} (see objectives/losses.py)."""
 
 
@@ -55,7 +57,7 @@ def resolve_local_uris(job: UnlearningJob, base: Path) -> UnlearningJob:
         update={
             name: location.model_copy(update={"uri": resolve(location.uri)})
             for name in ("forget", "train", "retain", "holdout")
-            if (location := getattr(spec.data, name)) is not None
+            if (location := getattr(spec.data, name)) is not None and location.uri is not None
         }
     )
     evaluation = spec.evaluation
@@ -162,7 +164,9 @@ def run_job(
         model_digest = audit.model_digest(model_dir)
         adapter = load_adapter(model_dir)
         _prepare_unet(spec, adapter)
-        forget, retain, data_summary = prepare_data(spec, fetch, adapter.image_shape)
+        adapter.to(accelerator.device)
+        generate = _retain_generator(spec, adapter, accelerator, workdir, output_storage, model_digest)
+        forget, retain, data_summary = prepare_data(spec, fetch, adapter.image_shape, generate)
         holdout = load_holdout(spec, fetch, adapter.image_shape, forget)
         data_summary["holdout"] = None if holdout is None else len(holdout)
         logger.info(
@@ -173,7 +177,6 @@ def run_job(
             data_summary["forgetUnique"],
             len(retain),
         )
-        adapter.to(accelerator.device)
         tracker.log_params(_params(job, data_summary))
         classifier = None
         if spec.evaluation.classifier is not None:
@@ -199,7 +202,10 @@ def run_job(
             spec,
             adapter,
             TrainingData(
-                retain=retain, forget=forget, neighbours=_neighbours(spec, retain, forget, adapter, accelerator)
+                retain=retain,
+                forget=forget,
+                neighbours=_neighbours(spec, retain, forget, adapter, accelerator),
+                keep_groups=_keep_groups(spec, retain, forget),
             ),
             accelerator=accelerator,
             checkpointing=Checkpointing(
@@ -242,6 +248,71 @@ def run_job(
         raise
     accelerator.wait_for_everyone()
     return RunResult(output=workdir, metrics=metrics)
+
+
+def _retain_generator(
+    spec: UnlearningJobSpec,
+    adapter: Any,
+    accelerator: Any,
+    workdir: Path,
+    output_storage: Any,
+    model_digest: str,
+) -> Any:
+    """data.retain.generate: a function that makes (or reuses) the generated retain set for a forget set.
+
+    The set lives in the output's `retain-generated/` folder and is published to the output store as soon as it
+    is made, so a rerun, a resumed pod or another node trains on the same images. Rank 0 makes it; the others
+    wait, then read it (from the shared folder, or from the store on another machine)."""
+    from unlearning_trainer.data import generated
+
+    if spec.data.retain is None or spec.data.retain.generate is None:
+        return None
+    folder = workdir / generated.FOLDER
+    uri = f"{spec.output.uri.rstrip('/')}/{generated.FOLDER}"
+
+    def make(forget: Any) -> Path:
+        settings = generated.settings_of(spec, forget, model_digest)
+        with accelerator.main_process_first():
+            if not generated.is_current(folder, settings):
+                _pull(output_storage, uri, folder)
+            if generated.is_current(folder, settings):
+                logger.info("reusing the generated retain set in %s", uri)
+                return folder
+            if not accelerator.is_main_process:
+                raise DataError(f"{generated.FIELD}: rank 0 made no retain set at {uri} that this rank can read.")
+            generated.generate_retain(spec, adapter, forget, folder, model_digest=model_digest)
+            output_storage.publish(folder, uri)
+        return folder
+
+    return make
+
+
+def _pull(storage: Any, uri: str, folder: Path) -> None:
+    """Copy a generated retain set from the output store into `folder`, if the store has one."""
+    from unlearning_trainer.data.generated import FIELD
+
+    try:
+        found = storage.fetch(uri, field=FIELD)
+    except DataError:
+        return
+    if found.resolve() != folder.resolve():
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(found, folder)
+
+
+def _keep_groups(spec: UnlearningJobSpec, retain: Any, forget: Any) -> Any:
+    """With a generated retain set of a text-to-image model: for each forget image, the retain images generated
+    for its caption (so that each SISS pair shares it); None otherwise."""
+    import torch
+
+    from unlearning_trainer.data.generated import caption_groups
+
+    if spec.data.retain is None or spec.data.retain.generate is None or forget.captions is None:
+        return None
+    captions: list[str] = []
+    for start in range(0, len(retain), CAPTION_CHUNK):
+        captions += retain.take(torch.arange(start, min(start + CAPTION_CHUNK, len(retain))))[1]
+    return caption_groups(forget.captions, captions)
 
 
 def _neighbours(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from typing import Any
 from unlearning_trainer.advice import data_warnings
 from unlearning_trainer.data.decode import pixel_digest
 from unlearning_trainer.data.exclusion import scan
+from unlearning_trainer.data.generated import RECORD
 from unlearning_trainer.data.images import ImageSet, StreamedImages, load_images
 from unlearning_trainer.data.sources import open_source
 from unlearning_trainer.errors import DataError
@@ -25,11 +27,19 @@ PROGRESS_FROM = 1000
 """Datasets at least this large log the pass's progress every tenth."""
 
 
+GenerateRetain = Callable[[ImageSet], Path]
+"""forget set → the folder of a generated retain set (data.retain.generate, data/generated.py)."""
+
+
 def prepare_data(
-    spec: UnlearningJobSpec, fetch: Fetch, image_shape: tuple[int, int, int]
+    spec: UnlearningJobSpec,
+    fetch: Fetch,
+    image_shape: tuple[int, int, int],
+    generate: GenerateRetain | None = None,
 ) -> tuple[ImageSet, StreamedImages, dict[str, Any]]:
-    """The forget set, the retain set (data.train minus the forget images, or data.retain) and a summary of the
-    pass that built it: counts, the nearest retained image's distance, and warnings worth a look.
+    """The forget set, the retain set (data.train minus the forget images, data.retain, or the base model's
+    generations from `generate`) and a summary of the pass that built it: counts, the nearest retained image's
+    distance, and warnings worth a look.
 
     Raises:
         DataError: for missing, empty or unreadable data, or a training set with nothing left to keep.
@@ -39,7 +49,13 @@ def prepare_data(
     )
     forget = load_images(forget_source, image_shape)
     field, location = spec.data.kept
-    source = open_source(fetch(location.uri, field), field=field, fmt=location.format)
+    if location.uri is None:
+        if generate is None:
+            raise ValueError(f"{field} needs a generator of the retain set")
+        folder = generate(forget)
+        source = open_source(folder, field=field, fmt="imagefolder")
+    else:
+        source = open_source(fetch(location.uri, field), field=field, fmt=location.format)
     excluding = spec.data.train is not None
     tenths_logged = 0
 
@@ -68,7 +84,7 @@ def prepare_data(
     for warning in warnings:
         logger.warning("%s", warning)
     summary = {
-        "retainFrom": "train" if excluding else "retain",
+        "retainFrom": "train" if excluding else "generated" if location.uri is None else "retain",
         "forget": len(forget),
         "forgetUnique": distinct,
         "retain": len(census.kept),
@@ -76,6 +92,8 @@ def prepare_data(
         "sha256": data_digest(forget.digests, census.digest),
         "warnings": warnings,
     }
+    if location.uri is None:
+        summary["generated"] = json.loads((folder / RECORD).read_text())["captions"]
     return forget, StreamedImages(source, census.kept, image_shape), summary
 
 

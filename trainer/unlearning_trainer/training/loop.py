@@ -19,6 +19,7 @@ from accelerate import Accelerator
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
+from unlearning_trainer.data.generated import paired_keep_indices
 from unlearning_trainer.data.images import Images
 from unlearning_trainer.data.sampling import InfiniteSampler, generator_for, seed_for
 from unlearning_trainer.evaluation.evaluator import Evaluator
@@ -47,6 +48,9 @@ class TrainingData:
     forget: Images
     neighbours: Neighbours | None = None
     """ReTrack only: each forget image's nearest retain images (training/neighbours.py)."""
+    keep_groups: list[torch.Tensor] | None = None
+    """For each forget image, the retain images that share its caption; when set, each micro-batch pairs a
+    forget image with keep images of its own caption (data.retain.generate, data/generated.py)."""
 
 
 @dataclass
@@ -103,6 +107,8 @@ def _micro_batches(
         index = step * accumulation + micro
         keep_idx = samplers[0].micro_batch(index, global_size, rank=rank, world_size=world)
         forget_idx = samplers[1].micro_batch(index, global_size, rank=rank, world_size=world)
+        if data.keep_groups is not None:
+            keep_idx = paired_keep_indices(keep_idx, forget_idx, data.keep_groups)
         neighbours = None if data.neighbours is None else data.neighbours.take(forget_idx).to(accelerator.device)
         keep_images, keep_captions = data.retain.take(keep_idx)
         forget_images, forget_captions = data.forget.take(forget_idx)
