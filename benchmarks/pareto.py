@@ -258,7 +258,9 @@ def summarize(runs: list[dict[str, Any]], references: list[dict[str, Any]], args
         "at 0 at the next evaluation; – means not within the budget.",
     ]
     build = json.loads((SCENARIO / "build.json").read_text())
-    lines += ["", f"The retrain oracle: {build['oracle']}." if "oracle" in build else ""]
+    for case in args.cases:
+        if ORACLES[case] in build:
+            lines += ["", f"The {case} case's retrain oracle (`{ORACLES[case]}/`): {build[ORACLES[case]]}."]
     for case in args.cases:
         lines += ["", f"## {case} case", "", *case_table(case, runs, references)]
     return "\n".join(lines) + "\n"

@@ -190,13 +190,23 @@ def write_manifest(root: Path) -> Path:
     return manifest
 
 
+MODEL_NOTES = {
+    "base": "every image of both cases except the held-out digits",
+    "oracle": "the glyph case's retain set: every image except the glyph copies and the held-out digits",
+    "oracle-digit": "the digit case's retain set: every image except the duplicated digit and the held-out digits",
+}
+"""What each model trained on, recorded in build.json (the Pareto table quotes the oracles')."""
+
+
 def build(root: Path, *, steps: int, parts: tuple[str, ...]) -> None:
     """Write the data, the quality classifier, the base model (trained on everything but the holdout) and each
     case's retrain oracle (trained on its retain set only): `oracle/` for the glyph, `oracle-digit/`."""
     root.mkdir(parents=True, exist_ok=True)
     write_case_data(root)
     sets = cases()
-    info: dict[str, object] = {"steps": steps, "seed": SEED, "copies": COPIES}
+    record = root / "build.json"
+    info: dict[str, object] = json.loads(record.read_text()) if record.is_file() else {}
+    info |= {"steps": steps, "seed": SEED, "copies": COPIES}
     if "classifier" in parts:
         classifier, accuracy = train_classifier()
         classifier.save(root / "classifier.safetensors")
@@ -204,11 +214,11 @@ def build(root: Path, *, steps: int, parts: tuple[str, ...]) -> None:
     if "base" in parts:
         everything = np.concatenate([sets["glyph"]["forget"], sets["glyph"]["retain"]])
         builders.save_pipeline(*train_ddpm(everything, steps=steps), root / "base")
-    if "oracle" in parts:
-        builders.save_pipeline(*train_ddpm(sets["glyph"]["retain"], steps=steps), root / "oracle")
-    if "oracle-digit" in parts:
-        builders.save_pipeline(*train_ddpm(sets["digit"]["retain"], steps=steps), root / "oracle-digit")
-    (root / "build.json").write_text(json.dumps(info, indent=2))
+    for part, case in (("oracle", "glyph"), ("oracle-digit", "digit")):
+        if part in parts:
+            builders.save_pipeline(*train_ddpm(sets[case]["retain"], steps=steps), root / part)
+    info |= {part: note for part, note in MODEL_NOTES.items() if part in parts}
+    record.write_text(json.dumps(info, indent=2))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         "--parts",
         nargs="+",
         choices=("data", "classifier", "base", "oracle", "oracle-digit"),
-        default=["classifier", "base", "oracle"],
+        default=["classifier", "base", "oracle", "oracle-digit"],
     )
     manifest_parser = commands.add_parser("manifest", help="rewrite MANIFEST.sha256")
     manifest_parser.add_argument("out", type=Path)
