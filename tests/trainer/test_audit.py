@@ -55,3 +55,4 @@ def test_record_holds_digests_not_data_and_renders(job_document):
     }
     text = audit.render(record)
     assert "verdict: PASSED" in text and "limits of this evidence" in text and "below 37.50%" in text
+    assert "method siss lambda=0.5, forgetGradNorm=5.0\n" in text, "only the fields SISS reads (no k, no eta)"

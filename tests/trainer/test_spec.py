@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from unlearning_trainer.errors import SpecError
-from unlearning_trainer.spec import dump_job, load_job, parse_job
+from unlearning_trainer.spec import METHOD_SETTINGS, METHODS, MethodSpec, dump_job, load_job, parse_job
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -168,3 +168,11 @@ def test_stop_when_needs_consecutive_evaluations_after_the_start():
     history.append({"step": 200, "memorization_rate": 0.0, "forget_nll_bpd": 13.0})
     assert rule.met(history)
     assert StopWhen(maxMemorizationRate=0.0, evaluations=1).met(history[:2])
+
+
+def test_each_method_names_only_fields_it_reads():
+    aliases = {field.alias or name for name, field in MethodSpec.model_fields.items()}
+    assert set(METHOD_SETTINGS) == set(METHODS)
+    assert all(set(fields) <= aliases for fields in METHOD_SETTINGS.values())
+    assert MethodSpec(name="retrack").settings() == {"k": 10, "lambda": 0.5}
+    assert MethodSpec(name="naive").settings() == {}

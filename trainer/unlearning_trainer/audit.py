@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from unlearning_trainer import __version__
-from unlearning_trainer.spec import UnlearningJob
+from unlearning_trainer.spec import MethodSpec, UnlearningJob
 
 MODEL_FILES = (
     "model_index.json",
@@ -230,7 +230,7 @@ def render(record: dict[str, Any]) -> str:
         f"  created {record['createdAt']}, code {record['codeVersion']}, status {record['status']} "
         f"after {record['steps']} steps" + (" (training.stopWhen met)" if record.get("stoppedEarly") else ""),
         f"  method {record['method']['name']} "
-        + ", ".join(f"{k}={v}" for k, v in record["method"].items() if k != "name" and v is not None),
+        + ", ".join(f"{k}={v}" for k, v in _method_settings(record["method"]).items()),
         f"  forgot {record['forgotten']['count']} files ({record['forgotten']['distinct']} distinct)",
         *_render_data(record.get("data")),
         f"  model {record['model']['uri']} sha256 {record['model']['sha256Before'][:16]}…",
@@ -278,6 +278,14 @@ def _render_membership(membership: dict[str, Any] | None) -> list[str]:
 
 def _number(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
+
+
+def _method_settings(method: dict[str, Any]) -> dict[str, Any]:
+    """The recorded method's fields that it reads (a record of an unknown method shows every field)."""
+    try:
+        return MethodSpec.model_validate(method).settings()
+    except ValueError:
+        return {k: v for k, v in method.items() if k != "name" and v is not None}
 
 
 def _render_data(data: dict[str, Any] | None) -> list[str]:

@@ -231,6 +231,17 @@ class AdapterSpec(WireModel):
     )
 
 
+METHOD_SETTINGS: dict[str, tuple[str, ...]] = {
+    "naive": (),
+    "neggrad": ("negGradScale",),
+    "erasediff": ("eta",),
+    "siss-no-is": ("forgetGradNorm", "forgetNormRefreshEvery"),
+    "siss": ("lambda", "forgetGradNorm", "forgetNormRefreshEvery"),
+    "retrack": ("k", "lambda"),
+}
+"""The method fields (wire names) each objective reads, besides `adapter`, which every method honours."""
+
+
 class MethodSpec(WireModel):
     name: Method = Field(default="siss", description="Unlearning objective.")
     lambda_: float = Field(
@@ -274,6 +285,11 @@ class MethodSpec(WireModel):
             "denoises) whose noisy trajectories the forget image's are redirected to."
         ),
     )
+
+    def settings(self) -> dict[str, Any]:
+        """The fields this method reads (wire names), without the ones it ignores."""
+        wire = self.model_dump(by_alias=True, mode="json")
+        return {key: wire[key] for key in (*METHOD_SETTINGS[self.name], "adapter") if wire[key] is not None}
 
 
 LrScheduler = Literal["constant", "constant_with_warmup", "linear", "cosine"]
