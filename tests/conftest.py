@@ -9,8 +9,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
+from unlearning_trainer.data.images import ImageSet
 from unlearning_trainer.scenarios import builders
 
 IMAGE_SIZE = 8
@@ -36,6 +38,12 @@ def retain_images(count: int, seed: int = 0) -> np.ndarray:
         / (2 * widths[:, None, None] ** 2)
     )
     return (blobs * 255).round().astype(np.uint8)
+
+
+def grayscale_set(pixels: np.ndarray) -> ImageSet:
+    """An in-memory ImageSet of (N, H, W) uint8 grayscale images, named and digested by index."""
+    names = [f"{i}.png" for i in range(len(pixels))]
+    return ImageSet(torch.from_numpy(pixels)[:, None], names, names, None)
 
 
 @pytest.fixture(scope="session")

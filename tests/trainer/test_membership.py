@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import copy_scenario, forget_glyph, retain_images
+from tests.conftest import copy_scenario, forget_glyph, grayscale_set, retain_images
 from unlearning_trainer import audit
-from unlearning_trainer.data.images import ImageSet
 from unlearning_trainer.data.sampling import generator_for
 from unlearning_trainer.errors import DataError, SpecError
 from unlearning_trainer.evaluation.membership import MembershipAttacks, auc, percentile
@@ -40,11 +39,6 @@ def workspace(scenario, tmp_path):
     return copy_scenario(scenario, tmp_path)
 
 
-def _image_set(pixels: np.ndarray) -> ImageSet:
-    names = [f"{i}.png" for i in range(len(pixels))]
-    return ImageSet(torch.from_numpy(pixels)[:, None], names, names, None)
-
-
 @pytest.fixture(scope="module")
 def memorized(tmp_path_factory) -> tuple[object, np.ndarray]:
     """A tiny DDPM trained 400 steps on 8 blobs plus the glyph (it memorizes them), as a loaded adapter."""
@@ -67,15 +61,15 @@ def memorized(tmp_path_factory) -> tuple[object, np.ndarray]:
 def test_both_attacks_tell_training_images_from_unseen_ones(memorized):
     adapter, members = memorized
     unseen = retain_images(64, seed=1)
-    trained = _image_set(members[:8])
+    trained = grayscale_set(members[:8])
     attacks = MembershipAttacks(
         adapter,
         MembershipSpec(),
         seed=0,
         device=torch.device("cpu"),
         members=trained.take(torch.arange(8)),
-        holdout=_image_set(unseen),
-        forget=_image_set(members[:2]),
+        holdout=grayscale_set(unseen),
+        forget=grayscale_set(members[:2]),
     )
     result = attacks(adapter.unet.eval())
     assert result["mia_loss_auc"] > 0.8 and result["mia_sima_auc"] > 0.8, result
@@ -85,7 +79,7 @@ def test_both_attacks_tell_training_images_from_unseen_ones(memorized):
 
 def test_a_timestep_past_the_schedule_names_the_field(memorized):
     adapter, members = memorized
-    some = _image_set(members[:2])
+    some = grayscale_set(members[:2])
     with pytest.raises(SpecError, match=r"spec\.evaluation\.membership: timestep 1000 .* 1000 training timesteps"):
         MembershipAttacks(
             adapter,

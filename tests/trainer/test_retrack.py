@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import copy_scenario, write_job
-from unlearning_trainer.data.images import ImageSet
+from tests.conftest import copy_scenario, grayscale_set, write_job
 from unlearning_trainer.errors import DataError
 from unlearning_trainer.objectives import losses
 from unlearning_trainer.objectives.methods import Objective
@@ -90,15 +89,10 @@ def test_nearest_over_chunks_equals_a_full_sort():
     torch.testing.assert_close(distances, full.sort(1).values[:, :4])
 
 
-def _image_set(pixels: np.ndarray) -> ImageSet:
-    names = [f"{i}.png" for i in range(len(pixels))]
-    return ImageSet(torch.from_numpy(pixels)[:, None], names, names, None)
-
-
 def test_find_neighbours_keeps_the_encoded_nearest_retain_images():
     rng = np.random.default_rng(5)
-    retain = _image_set(rng.integers(0, 256, (40, 4, 4), dtype=np.uint8))
-    forget = _image_set(np.stack([np.asarray(retain.pixels[7, 0]), np.asarray(retain.pixels[30, 0])]) // 2)
+    retain = grayscale_set(rng.integers(0, 256, (40, 4, 4), dtype=np.uint8))
+    forget = grayscale_set(np.stack([np.asarray(retain.pixels[7, 0]), np.asarray(retain.pixels[30, 0])]) // 2)
     neighbours = find_neighbours(retain, forget, 3, lambda images: images * 2, torch.device("cpu"))
     retain_space = retain.take(torch.arange(40))[0].flatten(1) * 2
     forget_space = forget.take(torch.arange(2))[0].flatten(1) * 2
@@ -110,7 +104,7 @@ def test_find_neighbours_keeps_the_encoded_nearest_retain_images():
 
 
 def test_k_larger_than_the_retain_set_names_the_field():
-    retain = _image_set(np.zeros((4, 4, 4), np.uint8))
+    retain = grayscale_set(np.zeros((4, 4, 4), np.uint8))
     with pytest.raises(DataError, match=r"spec\.method\.k is 10 .* only 4 images"):
         find_neighbours(retain, retain, 10, lambda images: images, torch.device("cpu"))
 
