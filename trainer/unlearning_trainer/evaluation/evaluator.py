@@ -184,8 +184,9 @@ class Evaluator:
                 result |= quality.quality_metrics(self.classifier, samples[~hits])
                 result["quality_fd_all"] = quality.frechet_to_reference(self.classifier, samples)
             if self.membership is not None:
-                result |= self.membership(unet)
-                percentiles = self.membership.last_forget_percentiles
+                membership = self.membership(unet)
+                result |= membership.metrics
+                percentiles = membership.forget_percentiles
                 if grid_name is None:
                     self.forget_percentiles[step] = [
                         {"file": name, **{attack: values[index] for attack, values in percentiles.items()}}

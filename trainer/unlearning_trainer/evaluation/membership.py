@@ -15,6 +15,8 @@ scores like a non-member, as it would under a model retrained without it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from unlearning_trainer.data.images import ImageSet
@@ -41,6 +43,14 @@ def percentile(score: float, non_members: torch.Tensor) -> float:
     below = (non_members < score).double().mean()
     ties = (non_members == score).double().mean()
     return float(100 * (below + 0.5 * ties))
+
+
+@dataclass(frozen=True)
+class MembershipResult:
+    metrics: dict[str, float]
+    """mia_<attack>_auc, mia_<attack>_forget_percentile (the lowest) and _mean."""
+    forget_percentiles: dict[str, list[float]]
+    """Each forget image's percentile per attack, in the forget set's order (for the audit record)."""
 
 
 class MembershipAttacks:
@@ -74,8 +84,6 @@ class MembershipAttacks:
             "forget": forget.take(torch.arange(len(forget))),
         }
         self.forget_names = list(forget.names)
-        self.last_forget_percentiles: dict[str, list[float]] = {}
-        """Each forget image's percentile per attack, from the latest call (for the audit record)."""
 
     @torch.no_grad()
     def scores(self, unet: torch.nn.Module, name: str) -> dict[str, torch.Tensor]:
@@ -99,15 +107,14 @@ class MembershipAttacks:
             sima.append(denoise(clean, at).float().flatten(1).norm(dim=1).cpu())
         return {"loss": torch.cat(loss), "sima": torch.cat(sima)}
 
-    def __call__(self, unet: torch.nn.Module) -> dict[str, float]:
+    def __call__(self, unet: torch.nn.Module) -> MembershipResult:
         """mia_<attack>_auc, and the lowest and the mean forget percentile among non-members, per attack."""
         members, holdout, forget = (self.scores(unet, name) for name in ("members", "holdout", "forget"))
-        result = {}
-        self.last_forget_percentiles = {}
+        metrics, per_image = {}, {}
         for attack in ATTACKS:
             percentiles = [percentile(float(score), holdout[attack]) for score in forget[attack]]
-            self.last_forget_percentiles[attack] = percentiles
-            result[f"mia_{attack}_auc"] = auc(members[attack], holdout[attack])
-            result[f"mia_{attack}_forget_percentile"] = min(percentiles)
-            result[f"mia_{attack}_forget_percentile_mean"] = sum(percentiles) / len(percentiles)
-        return result
+            per_image[attack] = percentiles
+            metrics[f"mia_{attack}_auc"] = auc(members[attack], holdout[attack])
+            metrics[f"mia_{attack}_forget_percentile"] = min(percentiles)
+            metrics[f"mia_{attack}_forget_percentile_mean"] = sum(percentiles) / len(percentiles)
+        return MembershipResult(metrics, per_image)
