@@ -20,7 +20,7 @@ import statistics
 from pathlib import Path
 
 import torch
-from sd15_step import measure, run_variants
+from sd15_step import measure, run_variants, write_table
 
 RESULTS = Path(__file__).parent / "results" / "gpu.md"
 
@@ -64,12 +64,7 @@ def main() -> None:
         lines.append(
             f"| {label} | {seconds:.4f} | {seconds / naive_time:.2f} | {peak / 2**30:.2f} | {peak / naive_peak:.2f} |"
         )
-    text = "\n".join(lines) + "\n"
-    out = args.out or (RESULTS if cuda else None)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
-    print(text)
+    write_table(lines, args.out or (RESULTS if cuda else None))
 
 
 if __name__ == "__main__":

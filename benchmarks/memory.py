@@ -19,7 +19,7 @@ import json
 import platform
 from pathlib import Path
 
-from sd15_step import measure, run_variants
+from sd15_step import measure, run_variants, write_table
 
 RESULTS = Path(__file__).parent / "results" / "memory.md"
 GIB = 2**30
@@ -62,12 +62,7 @@ def main() -> None:
             f"| {label} | {sample['peak_bytes'] / GIB:.2f} | {sample['peak_bytes'] / naive['peak_bytes']:.2f} "
             f"| {extra / GIB:+.2f} | {extra / buffer:+.2f} | {sample['seconds']:.1f} |"
         )
-    text = "\n".join(lines) + "\n"
-    out = args.out or (None if args.tiny else RESULTS)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
-    print(text)
+    write_table(lines, args.out or (None if args.tiny else RESULTS))
 
 
 if __name__ == "__main__":

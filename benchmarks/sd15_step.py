@@ -12,6 +12,7 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 WARM_UP = 2
@@ -124,3 +125,12 @@ def run_variants(
             samples[label].append(json.loads(output.strip().splitlines()[-1]))
         print(f"round {round_index + 1}/{rounds} done", flush=True)
     return samples
+
+
+def write_table(lines: list[str], out: Path | None) -> None:
+    """Print a results table and write it to `out` when given."""
+    text = "\n".join(lines) + "\n"
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+    print(text)

@@ -97,9 +97,9 @@ def _check_data(args: argparse.Namespace) -> int:
 
         def generate(forget: Any) -> Path:
             """data.retain.generate: sample the set the run would make, into a scratch folder."""
-            from unlearning_trainer.data.generated import generate_retain
+            from unlearning_trainer.data.generated import generate_retain, settings_of
 
-            generate_retain(spec, adapter, forget, Path(scratch) / "retain", model_digest="")
+            generate_retain(adapter, settings_of(spec, forget, model_digest=""), forget, Path(scratch) / "retain")
             return Path(scratch) / "retain"
 
         _, _, summary = prepare_data(spec, fetch, adapter.image_shape, generate)

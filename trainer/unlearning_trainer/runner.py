@@ -33,8 +33,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("unlearning_trainer.runner")
 
 SAMPLING_FORM = "retain"
-CAPTION_CHUNK = 256
-"""Retain images decoded at a time while their captions are collected."""
 """Keep images are drawn from the retain set p_{X\\A} (see objectives/losses.py)."""
 
 
@@ -280,7 +278,7 @@ def _retain_generator(
                 return folder
             if not accelerator.is_main_process:
                 raise DataError(f"{generated.FIELD}: rank 0 made no retain set at {uri} that this rank can read.")
-            generated.generate_retain(spec, adapter, forget, folder, model_digest=model_digest)
+            generated.generate_retain(adapter, settings, forget, folder)
             output_storage.publish(folder, uri)
         return folder
 
@@ -303,16 +301,11 @@ def _pull(storage: Any, uri: str, folder: Path) -> None:
 def _keep_groups(spec: UnlearningJobSpec, retain: Any, forget: Any) -> Any:
     """With a generated retain set of a text-to-image model: for each forget image, the retain images generated
     for its caption (so that each SISS pair shares it); None otherwise."""
-    import torch
-
     from unlearning_trainer.data.generated import caption_groups
 
     if spec.data.retain is None or spec.data.retain.generate is None or forget.captions is None:
         return None
-    captions: list[str] = []
-    for start in range(0, len(retain), CAPTION_CHUNK):
-        captions += retain.take(torch.arange(start, min(start + CAPTION_CHUNK, len(retain))))[1]
-    return caption_groups(forget.captions, captions)
+    return caption_groups(forget.captions, retain.captions())
 
 
 def _neighbours(

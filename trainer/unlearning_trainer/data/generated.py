@@ -68,14 +68,14 @@ def is_current(folder: Path, settings: dict[str, Any]) -> bool:
 
 
 def generate_retain(
-    spec: UnlearningJobSpec, adapter: DiffusionAdapter, forget: ImageSet, folder: Path, *, model_digest: str
+    adapter: DiffusionAdapter, settings: dict[str, Any], forget: ImageSet, folder: Path
 ) -> dict[str, Any]:
-    """Sample the set into `folder` (replacing what is there) and return its record.
+    """Sample the set that `settings` (settings_of) describe into `folder`, replacing what is there, and return
+    its record.
 
     Raises:
         DataError: when every generation for a caption is a memorization hit, so that caption has nothing to keep.
     """
-    settings = settings_of(spec, forget, model_digest)
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     references = forget.pixels.float() / 255.0

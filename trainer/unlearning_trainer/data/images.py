@@ -16,6 +16,9 @@ import torch
 from unlearning_trainer.data.decode import BadImage, check_channels, decode_image
 from unlearning_trainer.data.sources import Source
 
+CAPTION_CHUNK = 256
+"""Records read at a time when only the captions are wanted."""
+
 Batch = tuple[torch.Tensor, list[str] | None]
 """Images (N, C, H, W) as float32 in [−1, 1], and their captions when the dataset has them."""
 
@@ -100,3 +103,14 @@ class StreamedImages:
         arrays = [decode_at(self.source, p, data, shape) for p, (data, _) in zip(wanted, records, strict=True)]
         captions = [caption or "" for _, caption in records] if self.source.has_captions else None
         return to_unit_range(torch.from_numpy(np.stack(arrays))), captions
+
+    def captions(self) -> list[str] | None:
+        """Every image's caption, in order, read without decoding the images (a chunk of records at a time)."""
+        if not self.source.has_captions:
+            return None
+        positions = self.positions.tolist()
+        return [
+            caption or ""
+            for start in range(0, len(positions), CAPTION_CHUNK)
+            for _, caption in self.source.read_many(positions[start : start + CAPTION_CHUNK])
+        ]

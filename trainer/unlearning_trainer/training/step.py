@@ -143,9 +143,9 @@ class Stepper:
             combination, combine_stats = self.objective.combine(g_keep, g_forget, loss_scale=loss_scale)
             if self.refresh_every is not None:
                 self.cached_scale = combine_stats["forget_scale"]
-        gradients.apply(combination, g_keep, g_forget)
-        buffers["keep" if "keep" in buffers else "forget"].attach(self.params)
-        del g_keep, g_forget, buffers
+        update = gradients.apply(combination, g_keep, g_forget)
+        next(buffer for buffer in buffers.values() if buffer.flat is update).attach(self.params)
+        del update, g_keep, g_forget, buffers
         self._unscale()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm))
         if not math.isfinite(grad_norm) and self.scaler is None:
